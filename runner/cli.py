@@ -1,0 +1,240 @@
+"""`python -m runner`: bootstrap, plan, status, down and train the mlops-lab platform.
+
+Exit codes: 0 ok, 1 a stage (or the run) failed, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runner.ansible import RunOptions, run_stage
+from runner.health import endpoints_file, probe_endpoints
+from runner.inventory import Inventory, InventoryError, load_inventory
+from runner.paths import project_dir, runs_dir
+from runner.progress import Progress, summary_table
+from runner.results import StageRun
+from runner.stages import STAGE_NAMES, Stage, StageSelectionError, select_stages
+from runner.summary import RunSummary, read_last_summary, write_summary
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DOWN_STAGE = Stage("down", "playbooks/down.yml", ("local_platform",), "stop the local services (data is kept)")
+
+app = typer.Typer(
+    help="Build and operate the mlops-lab platform: one stage at a time, with ansible-runner.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Logs (CI, pipes) get a wide fixed width instead of Rich's 80-column default.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+InventoryOption = Annotated[
+    Path,
+    typer.Option("-i", "--inventory", help="Inventory directory or file (default: inventories/local)."),
+]
+LimitOption = Annotated[str | None, typer.Option("--limit", "-l", help="Restrict to these hosts (Ansible pattern).")]
+VaultOption = Annotated[
+    Path | None, typer.Option("--vault-password-file", help="File holding the ansible-vault password.")
+]
+VerboseOption = Annotated[int, typer.Option("-v", "--verbose", count=True, help="More output (-v, -vv, ...).")]
+
+
+def _usage_error(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}")
+    return typer.Exit(EXIT_USAGE)
+
+
+def _resolve_inventory(path: Path | None) -> Path:
+    project = project_dir()
+    if path is None:
+        return project / "inventories" / "local"
+    if path.exists():
+        return path.resolve()
+    if (project / path).exists():
+        return (project / path).resolve()
+    raise _usage_error(f"inventory {path} does not exist")
+
+
+def _load(path: Path, limit: str | None) -> Inventory:
+    try:
+        return load_inventory(path, limit)
+    except InventoryError as exc:
+        raise _usage_error(str(exc)) from exc
+
+
+def _new_run_dir() -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = runs_dir() / f"{stamp}-{os.getpid()}"
+    run_dir.mkdir(parents=True, mode=0o700)
+    return run_dir
+
+
+def _skip_reason(stage: Stage, inventory: Inventory) -> str | None:
+    if stage.always or inventory.hosts_of(stage.groups):
+        return None
+    return f"no hosts in {', '.join(stage.groups)}: nothing to do in this inventory"
+
+
+def _run(
+    stages: list[Stage],
+    inventory: Inventory,
+    options: RunOptions,
+    preflight_stages: list[str],
+) -> int:
+    project = project_dir()
+    run_dir = _new_run_dir()
+    progress = Progress(console, verbose=options.verbosity > 0)
+    cancel = threading.Event()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    results: list[StageRun] = []
+    exit_code = EXIT_OK
+    for stage in stages:
+        reason = _skip_reason(stage, inventory)
+        if reason is not None:
+            progress.stage_skipped(stage, reason)
+            results.append(StageRun(name=stage.name, status="skipped", skip_reason=reason))
+            continue
+        hosts = inventory.hosts_of(stage.groups)
+        stage_options = options
+        if stage.always:
+            # The preflight checks the control node: --limit does not apply to it.
+            extravars = {**options.extravars, "preflight_stages": preflight_stages}
+            stage_options = RunOptions(**{**vars(options), "extravars": extravars, "limit": None})
+        progress.stage_started(stage, hosts)
+        result = run_stage(stage, stage_options, project, run_dir / stage.name, progress.on_event, cancel)
+        result.hosts = hosts
+        progress.stage_finished(result)
+        results.append(result)
+        if result.status == "canceled":
+            console.print(f"\n[magenta]interrupted[/] during stage [bold]{stage.name}[/]; nothing after it ran.")
+            console.print(f"resume with: python -m runner bootstrap --from {stage.name}")
+            exit_code = EXIT_INTERRUPTED
+            break
+        if not result.succeeded:
+            failure = result.failure
+            console.print(f"\n[bold red]stage {stage.name} failed[/]")
+            if failure is not None:
+                console.print(f"  task:  {failure.task}\n  host:  {failure.host}\n  error: {failure.message}")
+            console.print(f"resume after fixing it with: python -m runner bootstrap --from {stage.name}")
+            exit_code = EXIT_FAILED
+            break
+    summary = RunSummary(
+        run_dir=str(run_dir),
+        inventory=str(inventory.path),
+        started=started,
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        check=options.check,
+        exit_code=exit_code,
+        stages=results,
+    )
+    write_summary(summary)
+    console.print()
+    console.print(summary_table(results))
+    console.print(f"artifacts: {run_dir}")
+    return exit_code
+
+
+@app.command()
+def bootstrap(
+    inventory: InventoryOption = Path("inventories/local"),
+    check: Annotated[bool, typer.Option("--check", help="Dry run: report what would change.")] = False,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="Start at this stage (preflight still runs).")
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")] = None,
+    limit: LimitOption = None,
+    vault_password_file: VaultOption = None,
+    verbose: VerboseOption = 0,
+) -> None:
+    """Run the stages in order: preflight, hosts, network, cluster, platform, smoke."""
+    try:
+        stages = select_stages(from_stage, only)
+    except StageSelectionError as exc:
+        raise _usage_error(str(exc)) from exc
+    if vault_password_file is not None and not vault_password_file.is_file():
+        raise _usage_error(f"vault password file {vault_password_file} does not exist")
+    path = _resolve_inventory(inventory)
+    inv = _load(path, limit)
+    options = RunOptions(
+        inventory=path,
+        check=check,
+        limit=limit,
+        vault_password_file=vault_password_file.resolve() if vault_password_file else None,
+        verbosity=verbose,
+    )
+    # `--only preflight` asks "is this inventory ready?": check the secrets of every stage.
+    selected = [stage.name for stage in stages]
+    preflight_stages = list(STAGE_NAMES) if selected == ["preflight"] else selected
+    raise typer.Exit(_run(stages, inv, options, preflight_stages))
+
+
+@app.command()
+def plan(
+    inventory: InventoryOption = Path("inventories/local"),
+    limit: LimitOption = None,
+) -> None:
+    """Show the stages, their playbooks and the hosts each touches; changes nothing."""
+    path = _resolve_inventory(inventory)
+    inv = _load(path, limit)
+    table = Table(title=f"mlops-lab plan for {path}")
+    for column in ("stage", "playbook", "groups", "hosts"):
+        table.add_column(column)
+    for stage in select_stages():
+        reason = _skip_reason(stage, inv)
+        hosts = "[yellow]skipped: no hosts[/]" if reason else ", ".join(inv.hosts_of(stage.groups))
+        table.add_row(stage.name, stage.playbook, ", ".join(stage.groups), hosts)
+    console.print(table)
+
+
+@app.command()
+def status() -> None:
+    """Show the last run's summary and the health of the running platform's components."""
+    summary = read_last_summary()
+    if summary is None:
+        console.print("no run recorded yet: start with `python -m runner bootstrap`")
+    else:
+        console.print(f"last run: {summary.started} -> {summary.finished}  inventory {summary.inventory}")
+        console.print(summary_table(summary.stages))
+        verdict = "[green]succeeded[/]" if summary.exit_code == EXIT_OK else f"[red]exit {summary.exit_code}[/]"
+        console.print(f"result: {verdict}  artifacts: {summary.run_dir}")
+    path = endpoints_file()
+    if not path.exists():
+        console.print(f"no local platform endpoints recorded ({path})")
+        return
+    table = Table(title="components")
+    for column in ("component", "endpoint", "health"):
+        table.add_column(column)
+    for probe in probe_endpoints(path):
+        health = f"[green]up[/] ({probe.detail})" if probe.healthy else f"[red]down[/] ({probe.detail})"
+        table.add_row(probe.name, probe.url, health)
+    console.print(table)
+
+
+@app.command()
+def down(
+    inventory: InventoryOption = Path("inventories/local"),
+    vault_password_file: VaultOption = None,
+    verbose: VerboseOption = 0,
+) -> None:
+    """Stop the local platform's services; data, registry and artifacts are kept."""
+    path = _resolve_inventory(inventory)
+    inv = _load(path, None)
+    options = RunOptions(inventory=path, vault_password_file=vault_password_file, verbosity=verbose)
+    raise typer.Exit(_run([DOWN_STAGE], inv, options, []))
+
+
+def main() -> None:
+    app(prog_name="python -m runner")
+
+
+__all__ = ["STAGE_NAMES", "app", "main"]

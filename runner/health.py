@@ -1,0 +1,46 @@
+"""Health probes of a running platform's endpoints (written by the platform stage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    url: str
+    healthy: bool
+    detail: str
+
+
+def endpoints_file() -> Path:
+    home = os.environ.get("MLOPSLAB_HOME") or str(Path.home() / ".local" / "share" / "mlops-lab")
+    return Path(home) / "endpoints.json"
+
+
+def _probe(name: str, url: str, timeout: float) -> Probe:
+    parts = urlsplit(url)
+    if parts.scheme == "tcp":
+        try:
+            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=timeout):
+                return Probe(name, url, True, "accepting connections")
+        except OSError as exc:
+            return Probe(name, url, False, str(exc))
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return Probe(name, url, False, str(exc) or type(exc).__name__)
+    return Probe(name, url, response.status_code < 400, f"HTTP {response.status_code}")
+
+
+def probe_endpoints(path: Path, timeout: float = 3.0) -> list[Probe]:
+    """Probe every endpoint listed in the file: {"name": "http://.../health" or "tcp://host:port"}."""
+    endpoints: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+    return [_probe(name, url, timeout) for name, url in endpoints.items()]

@@ -1,0 +1,65 @@
+"""The platform's stages, as data: name, playbook and the inventory groups it acts on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    playbook: str
+    groups: tuple[str, ...]
+    description: str
+    # A stage that always runs (preflight checks the control node and the inventory itself).
+    always: bool = False
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "preflight",
+        "playbooks/preflight.yml",
+        ("localhost",),
+        "ansible-core, collections, inventory invariants, secrets",
+        always=True,
+    ),
+    Stage("hosts", "playbooks/hosts.yml", ("nfs_servers", "db_servers"), "NFS and PostgreSQL servers"),
+    Stage("network", "playbooks/network.yml", ("k8s_nodes",), "Calico VM access (SNAT / IPPool)"),
+    Stage(
+        "cluster",
+        "playbooks/cluster.yml",
+        ("k8s_control",),
+        "namespaces, secrets, NFS log volume, ingress-nginx",
+    ),
+    Stage(
+        "platform",
+        "playbooks/platform.yml",
+        ("k8s_control", "local_platform"),
+        "MLflow, Airflow and serving (Helm releases or local services)",
+    ),
+    Stage("smoke", "playbooks/smoke.yml", ("k8s_control", "local_platform"), "train -> register -> serve check"),
+)
+
+STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+
+
+class StageSelectionError(ValueError):
+    """A --from/--only value that names no stage."""
+
+
+def select_stages(from_stage: str | None = None, only: list[str] | None = None) -> list[Stage]:
+    """The stages to run, in order. --only wins over --from; preflight always runs first."""
+    for name in [from_stage, *(only or [])]:
+        if name is not None and name not in STAGE_NAMES:
+            raise StageSelectionError(f"unknown stage {name!r}: choose from {', '.join(STAGE_NAMES)}")
+    if only:
+        chosen = [stage for stage in STAGES if stage.name in only]
+    elif from_stage:
+        start = STAGE_NAMES.index(from_stage)
+        chosen = list(STAGES[start:])
+    else:
+        chosen = list(STAGES)
+    preflight = STAGES[0]
+    if preflight not in chosen:
+        chosen.insert(0, preflight)
+    return chosen

@@ -1,0 +1,1 @@
+"""The mlops-lab model server (see serving/README.md)."""

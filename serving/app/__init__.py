@@ -1,0 +1,1 @@
+"""FastAPI app serving the MLflow registry's champion with hot swap, micro-batching and metrics."""

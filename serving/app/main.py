@@ -1,0 +1,111 @@
+"""The ASGI app: `uvicorn serving.app.main:app` (settings from SERVING_* variables)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .batcher import MicroBatcher
+from .config import Settings, get_settings
+from .metrics import MetricsMiddleware, ServingMetrics
+from .model_store import ModelStore
+from .routes import ops, predict
+
+log = logging.getLogger("serving")
+
+# How long startup waits for the first registry check before accepting traffic anyway
+# (readiness stays false until a model loads, liveness answers at once).
+STARTUP_WAIT_SECONDS = 60.0
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "row", "batch", "value", "values")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": _format_location(tuple(e.get("loc", ()))), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
+    return JSONResponse(
+        {"detail": message, "errors": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
+
+
+class BodyLimitMiddleware:
+    """413 before parsing when the declared body is larger than allowed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if not value.isdigit() or int(value) > self.max_bytes:
+                        response = JSONResponse(
+                            {"detail": f"request body over the limit of {self.max_bytes} bytes"},
+                            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                        )
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = ServingMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher = MicroBatcher(
+            max_rows=settings.batch_max_rows,
+            max_wait_seconds=settings.batch_max_wait_ms / 1000,
+            metrics=metrics,
+            enabled=settings.batching_enabled,
+        )
+        app.state.batcher = batcher
+        batcher.start()
+        store.start()
+        await store.wait_first_check(STARTUP_WAIT_SECONDS)
+        try:
+            yield
+        finally:
+            await store.stop()
+            await batcher.stop()
+
+    app = FastAPI(
+        title="mlops-lab model server",
+        version="1.0.0",
+        description="Serves the MLflow registry's champion with hot swap, micro-batching and metrics.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    # Created here so that a bad SERVING_MODEL_URI (or a deprecated stage) shows at start-up.
+    store = app.state.store = ModelStore(settings, metrics)
+    app.include_router(predict.router)
+    app.include_router(ops.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    known = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known)
+    return app
+
+
+app = create_app()

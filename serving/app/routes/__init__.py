@@ -1,0 +1,1 @@
+"""API routes: prediction, model information and reload, health and metrics."""

@@ -1,0 +1,1 @@
+"""Shared test harness code: real servers, venvs and clusters the suites start (see each module)."""

@@ -1,0 +1,77 @@
+"""The model server (serving/) as a real process, and small helpers for tests that drive it.
+
+UvicornServer(env, log_path): `python -m uvicorn serving.app.main:app` on a free loopback
+    port, one worker, env added to os.environ (SERVING_*, MLFLOW_TRACKING_URI...);
+    .url, .wait_ready(timeout), .stop().
+wait_for(predicate, timeout, what): poll until true or fail naming `what`.
+metric_value(prometheus_text, name): an unlabelled sample's value.
+TOKEN: a reload token that production settings accept.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.support.mlflow_server import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "test-reload-token-0123456789"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of an unlabelled sample in Prometheus text format."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} not exposed")
+
+
+class UvicornServer:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "serving.app.main:app", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", "1", "--no-access-log"],
+                cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"uvicorn exited; log:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout, "the model server to be ready", interval=0.25)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
