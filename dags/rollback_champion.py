@@ -35,50 +35,53 @@ def rollback_champion() -> None:
     @task
     def plan() -> dict[str, str]:
         from mlflow import MlflowClient
-        from mlopslab_pipeline.airflow_support import settings
+        from mlopslab_pipeline.airflow_support import permanent_errors, settings
         from mlopslab_pipeline.registry import plan_rollback
 
         resolved = settings()
         to_version = get_current_context()["params"].get("to_version")
-        return plan_rollback(
-            MlflowClient(tracking_uri=resolved.tracking_uri),
-            resolved.model_name,
-            str(to_version) if to_version not in (None, "") else None,
-        ).to_xcom()
+        with permanent_errors():
+            return plan_rollback(
+                MlflowClient(tracking_uri=resolved.tracking_uri),
+                resolved.model_name,
+                str(to_version) if to_version not in (None, "") else None,
+            ).to_xcom()
 
     @task
     def move_champion(planned: dict[str, str]) -> str:
         from mlflow import MlflowClient
-        from mlopslab_pipeline.airflow_support import settings, who_and_via
+        from mlopslab_pipeline.airflow_support import permanent_errors, settings, who_and_via
         from mlopslab_pipeline.registry import RollbackPlan, apply_rollback
 
         resolved = settings()
         who, via = who_and_via(get_current_context())
-        return apply_rollback(
-            MlflowClient(tracking_uri=resolved.tracking_uri),
-            resolved.model_name,
-            RollbackPlan(**planned),
-            who=who,
-            via=via,
-        )
+        with permanent_errors():
+            return apply_rollback(
+                MlflowClient(tracking_uri=resolved.tracking_uri),
+                resolved.model_name,
+                RollbackPlan(**planned),
+                who=who,
+                via=via,
+            )
 
     @task
     def notify_serving(version: str) -> str | None:
         import logging
 
-        from mlopslab_pipeline.airflow_support import settings
+        from mlopslab_pipeline.airflow_support import permanent_errors, settings
         from mlopslab_pipeline.serving_client import reload_and_wait
 
         resolved = settings()
         if not resolved.serving_url:
             logging.getLogger(__name__).info("no serving URL configured: not notifying serving")
             return None
-        return reload_and_wait(
-            resolved.serving_url,
-            resolved.serving_reload_token,
-            version,
-            timeout=resolved.serving_wait_seconds,
-        )
+        with permanent_errors():
+            return reload_and_wait(
+                resolved.serving_url,
+                resolved.serving_reload_token,
+                version,
+                timeout=resolved.serving_wait_seconds,
+            )
 
     notify_serving(move_champion(plan()))
 

@@ -42,15 +42,9 @@ from mlopslab_pipeline.config import (
     default_args={"owner": "mlops-lab", "retries": 2, "retry_delay": timedelta(seconds=20)},
     doc_md=__doc__,
     params={
-        "n_estimators": Param(
-            DEFAULT_N_ESTIMATORS, type="integer", minimum=1, description="trees in the forest"
-        ),
-        "max_depth": Param(
-            None, type=["null", "integer"], minimum=1, description="tree depth (null: unlimited)"
-        ),
-        "run_name": Param(
-            None, type=["null", "string"], description="MLflow run name (default: the Airflow run id)"
-        ),
+        "n_estimators": Param(DEFAULT_N_ESTIMATORS, type="integer", minimum=1, description="trees in the forest"),
+        "max_depth": Param(None, type=["null", "integer"], minimum=1, description="tree depth (null: unlimited)"),
+        "run_name": Param(None, type=["null", "string"], description="MLflow run name (default: the Airflow run id)"),
         "dataset": Param(DEFAULT_DATASET, type="string", enum=list(DATASETS), description="bundled data set"),
         "min_accuracy": Param(
             DEFAULT_MIN_ACCURACY,
@@ -71,12 +65,13 @@ from mlopslab_pipeline.config import (
 def train_and_promote() -> None:
     @task
     def train() -> dict[str, Any]:
-        from mlopslab_pipeline.airflow_support import settings
+        from mlopslab_pipeline.airflow_support import permanent_errors, settings
         from mlopslab_pipeline.config import TrainingParams
         from mlopslab_pipeline.training import train_and_register
 
         context = get_current_context()
-        params = TrainingParams.from_params(context["params"])
+        with permanent_errors():
+            params = TrainingParams.from_params(context["params"])
         return train_and_register(settings(), params, context["dag_run"].run_id).to_xcom()
 
     # Serialised across runs: two gates reading the same champion would race to move it.
@@ -109,7 +104,7 @@ def train_and_promote() -> None:
         import logging
 
         from airflow.sdk.exceptions import AirflowSkipException
-        from mlopslab_pipeline.airflow_support import settings
+        from mlopslab_pipeline.airflow_support import permanent_errors, settings
         from mlopslab_pipeline.serving_client import reload_and_wait
 
         if gated["decision"] != "promoted":
@@ -121,12 +116,13 @@ def train_and_promote() -> None:
                 "not notifying serving"
             )
             return None
-        return reload_and_wait(
-            resolved.serving_url,
-            resolved.serving_reload_token,
-            gated["version"],
-            timeout=resolved.serving_wait_seconds,
-        )
+        with permanent_errors():
+            return reload_and_wait(
+                resolved.serving_url,
+                resolved.serving_reload_token,
+                gated["version"],
+                timeout=resolved.serving_wait_seconds,
+            )
 
     notify_serving(gate(train()))
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the systemd base image that the Molecule scenarios boot (localhost/debian-systemd:bookworm)
-# without any registry, and writes the containers.conf that rootful podman needs on this kind of
+# and the client image their verify steps use (localhost/mlopslab-molecule-client:bookworm: the base
+# plus psql and libnfs-utils) without any registry, and writes the containers.conf that rootful podman needs on this kind of
 # machine (see docs/development.md and the machine notes):
 #   - crun fails on the hybrid cgroup layout: runtime = "runc";
 #   - podman's default ulimits exceed the hard limits: nofile = `ulimit -Hn`.
+# Stale cached tars of older versions are deleted.
 #
 # The root filesystem is made with debootstrap from the host's own Debian mirror and cached as a tar
 # under ${MLOPSLAB_CACHE:-$HOME/.cache/mlops-lab}/images/, keyed by IMAGE_VERSION (bump it whenever
@@ -19,11 +21,15 @@ set -euo pipefail
 IMAGE=localhost/debian-systemd:bookworm
 SUITE=bookworm
 # Keys the cached tar: change it together with the package list or the recipe.
-IMAGE_VERSION=bookworm-systemd-v1
+IMAGE_VERSION=bookworm-systemd-v2
 PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,ca-certificates,iproute2
+CLIENT_IMAGE=localhost/mlopslab-molecule-client:bookworm
+CLIENT_VERSION=$IMAGE_VERSION-client-v1
+CLIENT_PACKAGES="postgresql-client libnfs-utils"
 
 CACHE=${MLOPSLAB_CACHE:-$HOME/.cache/mlops-lab}
 TAR="$CACHE/images/debian-systemd-$IMAGE_VERSION.tar"
+CLIENT_TAR="$CACHE/images/mlopslab-molecule-client-$CLIENT_VERSION.tar"
 CONF="$CACHE/podman/containers.conf"
 
 log() { printf '\033[1;34m[base-image]\033[0m %s\n' "$*" >&2; }
@@ -124,6 +130,8 @@ build_tar() {
     cp "$crt" "$rootfs/usr/local/share/ca-certificates/"
   done
   chroot "$rootfs" update-ca-certificates >/dev/null 2>&1 || true
+  # Throw-away test containers: dpkg need not fsync every file (halves package install times).
+  echo force-unsafe-io >"$rootfs/etc/dpkg/dpkg.cfg.d/mlopslab-unsafe-io"
   # Each container gets its own machine id at boot; clean apt state; stale lists force an update.
   : >"$rootfs/etc/machine-id"
   rm -f "$rootfs/var/lib/dbus/machine-id"
@@ -143,22 +151,57 @@ import_image() {
     --message "mlops-lab $IMAGE_VERSION" "$TAR" "$IMAGE" >/dev/null
 }
 
-# The image records the version it was imported from; a stale one is replaced.
+# The images record the version they were made from; a stale one is replaced.
 image_version() {
-  podman image inspect --format '{{.Comment}}' "$IMAGE" 2>/dev/null || true
+  podman image inspect --format '{{.Comment}}' "$1" 2>/dev/null || true
+}
+
+# The client image: the base plus the client tools, made once from the archive and cached with
+# `podman save`, so that no scenario installs packages in its clients.
+build_client_tar() {
+  local name=mlopslab-build-client-$$
+  log "building $CLIENT_IMAGE ($CLIENT_PACKAGES)"
+  podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  podman run -d --name "$name" "$IMAGE" sleep infinity >/dev/null
+  # shellcheck disable=SC2064
+  trap "podman rm -f -t 0 '$name' >/dev/null 2>&1 || true" EXIT
+  podman exec "$name" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends $CLIENT_PACKAGES >/dev/null && apt-get clean" \
+    || die "installing the client tools failed"
+  podman commit -q --format docker --message "mlops-lab $CLIENT_VERSION" --change 'CMD ["sleep", "infinity"]' \
+    --change 'STOPSIGNAL SIGKILL' "$name" "$CLIENT_IMAGE" >/dev/null
+  podman rm -f -t 0 "$name" >/dev/null
+  trap - EXIT
+  mkdir -p "$(dirname "$CLIENT_TAR")"
+  podman save -q -o "$CLIENT_TAR.partial" "$CLIENT_IMAGE"
+  mv -f "$CLIENT_TAR.partial" "$CLIENT_TAR"
+  log "cached $CLIENT_TAR ($(du -h "$CLIENT_TAR" | cut -f1))"
 }
 
 if [ "$mode" = rebuild ] || [ ! -s "$TAR" ]; then
   build_tar
   podman image rm -f "$IMAGE" >/dev/null 2>&1 || true
 fi
-if [ "$(image_version)" != "mlops-lab $IMAGE_VERSION" ]; then
+if [ "$(image_version "$IMAGE")" != "mlops-lab $IMAGE_VERSION" ]; then
   podman image rm -f "$IMAGE" >/dev/null 2>&1 || true
   import_image
 fi
+if [ "$(image_version "$CLIENT_IMAGE")" != "mlops-lab $CLIENT_VERSION" ]; then
+  podman image rm -f "$CLIENT_IMAGE" >/dev/null 2>&1 || true
+  if [ "$mode" = rebuild ] || [ ! -s "$CLIENT_TAR" ]; then
+    build_client_tar
+  else
+    log "loading $CLIENT_IMAGE from $CLIENT_TAR"
+    podman load -q -i "$CLIENT_TAR" >/dev/null
+  fi
+fi
+
+find "$CACHE/images" -maxdepth 1 \( -name 'debian-systemd-*.tar' -o -name 'mlopslab-molecule-client-*.tar' \) \
+  ! -name "$(basename "$TAR")" ! -name "$(basename "$CLIENT_TAR")" -delete 2>/dev/null || true
 
 if [ "$mode" = env ]; then
   printf 'export CONTAINERS_CONF=%q\n' "$CONF"
+  printf 'export PATH=%q:"$PATH"\n' "$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
 else
   echo "$CONF"
 fi

@@ -4,7 +4,7 @@
 # cache the binaries (plus etcd/etcdctl from Debian's etcd-server/etcd-client) under
 #   ${MLOPSLAB_CACHE:-$HOME/.cache/mlops-lab}/kube-apiserver/<version>/bin
 # for the test harness (tests/support/kube_apiserver.py). A no-op when the cache is complete.
-# Cold: ~5-6 min and ~1.4 GB RAM on 2 cores; the ~2 GB of sources and Go cache are deleted after.
+# Cold: ~5-6 min on 2 idle cores (30 min measured on a machine loaded by other builds), ~1.4 GB RAM; the ~2 GB of sources and Go cache are deleted after.
 #
 # Why this way: no kind/k3s/minikube/helm binary is installable on the lab's build machines,
 # and only the package registries are reachable. Two vendored modules (reflect2 v1.0.1 and
@@ -88,6 +88,7 @@ Dir::Etc::SourceList "/dev/null";
 Dir::Etc::SourceParts "$W/apt/etc/sources.list.d";
 Dir::State::Lists "$W/apt/lists";
 Dir::Cache "$W/apt/cache";
+APT::Sandbox::User "root";
 CONF
 APT_CONFIG=$W/apt/apt.conf apt-get -q update >/dev/null
 (cd "$W/src" && APT_CONFIG=$W/apt/apt.conf apt-get -q source --download-only \

@@ -66,7 +66,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "render_dir": str(out),
         "serving_release_chart_ref": str(SERVING_CHART),
         "mlopslab_airflow_dags_repo": "git@git.example.invalid:lab/mlops-dags.git",
-        **{f"{r}_values_dir": str(out / "values") for r in ("ingress_nginx", "mlflow_release", "airflow_release", "serving_release")},
+        **{
+            f"{r}_values_dir": str(out / "values")
+            for r in ("ingress_nginx", "mlflow_release", "airflow_release", "serving_release")
+        },
         **CANARIES,
     }
     extra_file = out / "extra.json"
@@ -132,12 +135,18 @@ def test_namespaces_of_the_seed_split_each_with_a_limit_range(rendered: Path) ->
     assert sorted(r["metadata"]["namespace"] for r in ranges) == names
     for r in ranges:
         limit = r["spec"]["limits"][0]
-        assert limit["type"] == "Container" and limit["default"] and limit["defaultRequest"]
+        assert limit["type"] == "Container"
+        assert limit["default"]
+        assert limit["defaultRequest"]
 
 
 def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> None:
     docs = _docs(rendered)
-    by_ns = {(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] in ("Secret", "ConfigMap")}
+    by_ns = {
+        (d["kind"], d["metadata"]["namespace"], d["metadata"]["name"])
+        for d in docs
+        if d["kind"] in ("Secret", "ConfigMap")
+    }
     assert by_ns == {
         ("Secret", "mlops-training", "aws-credentials-secret"),
         ("Secret", "mlops-training", "mlflow-db-secret"),
@@ -174,7 +183,9 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
         f"aws_secret_access_key = {CANARIES['vault_aws_secret_access_key']}",
         "region = ap-northeast-2",
     ]
-    assert _secret_data(_find(docs, "Secret", "airflow-fernet-key")) == {"fernet-key": CANARIES["vault_airflow_fernet_key"]}
+    assert _secret_data(_find(docs, "Secret", "airflow-fernet-key")) == {
+        "fernet-key": CANARIES["vault_airflow_fernet_key"]
+    }
     assert _secret_data(_find(docs, "Secret", "airflow-api-secret-key")) == {
         "api-secret-key": CANARIES["vault_airflow_api_secret_key"]
     }
@@ -189,7 +200,8 @@ def test_airflow_metadata_uri_survives_reserved_characters_in_the_password(rende
     uri = _secret_data(_find(_docs(rendered), "Secret", "airflow-db-secret"))["connection"]
     parts = urlsplit(uri)
     assert parts.scheme == "postgresql+psycopg2"
-    assert parts.hostname == "192.168.18.142" and parts.port == 5432
+    assert parts.hostname == "192.168.18.142"
+    assert parts.port == 5432
     assert parts.path == "/airflow_db"
     assert unquote(parts.username or "") == "airflow_user"
     assert unquote(parts.password or "") == CANARIES["vault_airflow_db_password"]
@@ -241,7 +253,8 @@ def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> Non
     assert values["fernetKeySecretName"] == "airflow-fernet-key"
     assert values["apiSecretKeySecretName"] == "airflow-api-secret-key"
     git = values["dags"]["gitSync"]
-    assert git["enabled"] and git["sshKeySecret"] == "airflow-git-ssh-secret"
+    assert git["enabled"]
+    assert git["sshKeySecret"] == "airflow-git-ssh-secret"
     assert (git["subPath"], git["depth"]) == ("dags", 1)
     assert git["repo"].startswith("git@")
     assert values["logs"]["persistence"] == {"enabled": True, "existingClaim": "airflow-logs-pvc"}
@@ -254,7 +267,8 @@ def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> Non
         assert volume["secret"]["secretName"] == "airflow-aws-credentials"
         assert volume["secret"]["items"] == [{"key": "credentials", "path": "credentials"}]
         assert mount == {"name": volume["name"], "mountPath": "/home/airflow/.aws", "readOnly": True}
-        assert section["resources"]["requests"] and section["resources"]["limits"]
+        assert section["resources"]["requests"]
+        assert section["resources"]["limits"]
 
 
 def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None:
@@ -262,14 +276,20 @@ def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None
     assert schema_errors("mlflow", values) == []
     store = values["backendStore"]
     assert store["databaseMigration"] is True
-    assert store["postgres"]["enabled"] is True and store["postgres"]["host"] == "192.168.18.142"
+    assert store["postgres"]["enabled"] is True
+    assert store["postgres"]["host"] == "192.168.18.142"
     assert store["postgres"]["user"] == store["postgres"]["password"] == ""
-    assert store["existingDatabaseSecret"] == {"name": "mlflow-db-secret", "usernameKey": "username", "passwordKey": "password"}
+    assert store["existingDatabaseSecret"] == {
+        "name": "mlflow-db-secret",
+        "usernameKey": "username",
+        "passwordKey": "password",
+    }
     art = values["artifactRoot"]
     assert art["proxiedArtifactStorage"] is True
     assert art["s3"]["bucket"] == "mlflow-artifacts-keonho"
     assert art["s3"]["existingSecret"]["name"] == "aws-credentials-secret"
-    assert "awsAccessKeyId" not in art["s3"] and "awsSecretAccessKey" not in art["s3"]
+    assert "awsAccessKeyId" not in art["s3"]
+    assert "awsSecretAccessKey" not in art["s3"]
     assert values["ingress"]["hosts"][0]["host"] == "mlflow.local"
     assert values["image"]["tag"] == "3.15.1"
     mlflow_pin = load_yaml(chart_schemas_dir() / "mlflow" / "Chart.yaml")["appVersion"]
@@ -336,7 +356,8 @@ def test_serving_chart_with_the_role_values_validates_against_kubernetes_1_30(re
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
     assert {"configMapRef": {"name": "iris-serving"}} in container["envFrom"]
     assert {"secretRef": {"name": "aws-credentials-secret"}} in container["envFrom"]
     assert container["env"] == [
@@ -355,9 +376,11 @@ def test_serving_chart_with_the_role_values_validates_against_kubernetes_1_30(re
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
     assert hpa["spec"]["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
     pdb = _find(docs, "PodDisruptionBudget", "iris-serving")
-    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["minAvailable"] == 1
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
     config = _find(docs, "ConfigMap", "iris-serving")["data"]
-    assert config["SERVING_MODEL_NAME"] == "iris_classifier" and config["SERVING_MODEL_ALIAS"] == "champion"
+    assert config["SERVING_MODEL_NAME"] == "iris_classifier"
+    assert config["SERVING_MODEL_ALIAS"] == "champion"
 
 
 def test_serving_chart_without_autoscaling_keeps_two_replicas_and_adds_a_service_monitor() -> None:
@@ -403,7 +426,8 @@ def test_mlflow_image_pins_the_project_mlflow_version() -> None:
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     assert "mlflow==3.15.1" in pyproject
     assert "mlflow==3.15.1" in dockerfile
-    assert "psycopg2-binary==" in dockerfile and "boto3==" in dockerfile
+    assert "psycopg2-binary==" in dockerfile
+    assert "boto3==" in dockerfile
     # the image tag the role deploys is that version
     defaults = load_yaml(
         REPO_ROOT / "collections/ansible_collections/mlopslab/platform/roles/mlflow_release/defaults/main.yml"

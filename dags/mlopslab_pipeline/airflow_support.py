@@ -6,9 +6,11 @@ Airflow is imported inside the functions, so this module imports without Airflow
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from mlopslab_pipeline.config import ConnectionInfo, Settings, connection_url
+from mlopslab_pipeline.config import ConfigError, ConnectionInfo, Settings, connection_url
 
 
 def lookup_connection(conn_id: str) -> ConnectionInfo | None:
@@ -27,9 +29,24 @@ def lookup_connection(conn_id: str) -> ConnectionInfo | None:
     )
 
 
+@contextmanager
+def permanent_errors() -> Iterator[None]:
+    """Fail the task without retries on errors a retry cannot fix (configuration, registry state)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlopslab_pipeline.registry import RollbackError
+    from mlopslab_pipeline.serving_client import ServingRefused
+
+    try:
+        yield
+    except (ConfigError, RollbackError, ServingRefused, ValueError) as error:
+        raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+
 def settings() -> Settings:
     """The pipeline settings of this task process; exports MLflow's client variables."""
-    resolved = Settings.from_env(os.environ, lookup_connection)
+    with permanent_errors():
+        resolved = Settings.from_env(os.environ, lookup_connection)
     os.environ.update(resolved.mlflow_env())
     return resolved
 

@@ -92,12 +92,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str], lookup: ConnectionLookup = _no_connections) -> Settings:
         model_name = env.get("MLOPSLAB_MODEL_NAME", "").strip()
         if not model_name:
-            raise ConfigError(
-                "MLOPSLAB_MODEL_NAME is not set: the registered model name comes from the environment"
-            )
-        experiment = (
-            env.get("MLOPSLAB_EXPERIMENT_NAME") or env.get("MLFLOW_EXPERIMENT_NAME") or model_name
-        ).strip()
+            raise ConfigError("MLOPSLAB_MODEL_NAME is not set: the registered model name comes from the environment")
+        experiment = (env.get("MLOPSLAB_EXPERIMENT_NAME") or env.get("MLFLOW_EXPERIMENT_NAME") or model_name).strip()
 
         tracking_uri = env.get("MLFLOW_TRACKING_URI") or None
         username = env.get("MLFLOW_TRACKING_USERNAME") or None

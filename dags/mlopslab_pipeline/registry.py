@@ -47,9 +47,7 @@ def decide(
     if candidate_accuracy < min_accuracy:
         return Decision(False, f"accuracy {candidate_accuracy:.4f} is below the minimum {min_accuracy:.4f}")
     if champion_accuracy is None:
-        return Decision(
-            True, f"accuracy {candidate_accuracy:.4f} >= {min_accuracy:.4f} and there is no champion yet"
-        )
+        return Decision(True, f"accuracy {candidate_accuracy:.4f} >= {min_accuracy:.4f} and there is no champion yet")
     label = f"champion v{champion_version}" if champion_version else "the champion"
     if candidate_accuracy < champion_accuracy - tolerance:
         return Decision(
@@ -227,8 +225,7 @@ def plan_rollback(client: Any, model_name: str, to_version: str | None = None) -
     target = to_version or champion.tags.get(TAG_PREVIOUS_CHAMPION) or ""
     if not target:
         raise RollbackError(
-            f"{model_name} v{current} records no previous champion ({TAG_PREVIOUS_CHAMPION}): "
-            "nothing to roll back to"
+            f"{model_name} v{current} records no previous champion ({TAG_PREVIOUS_CHAMPION}): nothing to roll back to"
         )
     if target == current:
         raise RollbackError(f"{model_name} v{current} is already {CHAMPION_ALIAS}")
@@ -267,7 +264,5 @@ def apply_rollback(client: Any, model_name: str, plan: RollbackPlan, *, who: str
     }.items():
         client.set_model_version_tag(model_name, plan.from_version, key, value)
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, plan.to_version)
-    log.info(
-        "rolled %s %s back from v%s to v%s", model_name, CHAMPION_ALIAS, plan.from_version, plan.to_version
-    )
+    log.info("rolled %s %s back from v%s to v%s", model_name, CHAMPION_ALIAS, plan.from_version, plan.to_version)
     return plan.to_version

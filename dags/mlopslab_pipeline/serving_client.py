@@ -21,6 +21,10 @@ class ServingError(RuntimeError):
     pass
 
 
+class ServingRefused(ServingError):
+    """Serving refused the token: retrying with the same token cannot help."""
+
+
 def reported_version(client: httpx.Client, base_url: str) -> str | None:
     """The model version serving reports, or None when it has none or does not answer."""
     try:
@@ -31,7 +35,11 @@ def reported_version(client: httpx.Client, base_url: str) -> str | None:
     if response.status_code != 200:
         log.info("GET %s/model: HTTP %s", base_url, response.status_code)
         return None
-    version = response.json().get("version")
+    try:
+        version = response.json().get("version")
+    except (ValueError, AttributeError):
+        log.info("GET %s/model: not a JSON object", base_url)
+        return None
     return None if version is None else str(version)
 
 
@@ -41,12 +49,10 @@ def request_reload(client: httpx.Client, base_url: str, token: str | None) -> No
         response = client.post(f"{base_url}/reload", headers=headers)
     except httpx.HTTPError as error:
         # Not fatal: replicas also watch the registry; the wait below decides.
-        log.warning(
-            "POST %s/reload failed (%s); waiting for serving to pick the version up itself", base_url, error
-        )
+        log.warning("POST %s/reload failed (%s); waiting for serving to pick the version up itself", base_url, error)
         return
     if response.status_code in (401, 403):
-        raise ServingError(
+        raise ServingRefused(
             f"POST {base_url}/reload was refused (HTTP {response.status_code}): check the reload token"
         )
     if response.status_code >= 400:

@@ -36,9 +36,7 @@ class _Pending:
 
 
 class MicroBatcher:
-    def __init__(
-        self, max_rows: int, max_wait_seconds: float, metrics: ServingMetrics, enabled: bool = True
-    ) -> None:
+    def __init__(self, max_rows: int, max_wait_seconds: float, metrics: ServingMetrics, enabled: bool = True) -> None:
         self.max_rows = max_rows
         self.max_wait = max_wait_seconds
         self.metrics = metrics
@@ -136,9 +134,7 @@ class MicroBatcher:
             offset += count
 
 
-def _settle(
-    pending: _Pending, result: npt.NDArray[Any] | None = None, exc: BaseException | None = None
-) -> None:
+def _settle(pending: _Pending, result: npt.NDArray[Any] | None = None, exc: BaseException | None = None) -> None:
     if pending.future.done():
         return
     if exc is not None:

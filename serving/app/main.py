@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .batcher import MicroBatcher
 from .config import Settings, get_settings
+from .deps import ServingState
 from .metrics import MetricsMiddleware, ServingMetrics
 from .model_store import ModelStore
 from .routes import ops, predict
@@ -40,9 +41,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     message = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
-    return JSONResponse(
-        {"detail": message, "errors": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
-    )
+    return JSONResponse({"detail": message, "errors": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 class BodyLimitMiddleware:
@@ -79,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             enabled=settings.batching_enabled,
         )
-        app.state.batcher = batcher
+        app.state.serving = ServingState(settings, metrics, store, batcher)
         batcher.start()
         store.start()
         await store.wait_first_check(STARTUP_WAIT_SECONDS)
@@ -95,10 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Serves the MLflow registry's champion with hot swap, micro-batching and metrics.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
     # Created here so that a bad SERVING_MODEL_URI (or a deprecated stage) shows at start-up.
-    store = app.state.store = ModelStore(settings, metrics)
+    store = ModelStore(settings, metrics)
     app.include_router(predict.router)
     app.include_router(ops.router)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -53,9 +53,7 @@ class ServingMetrics:
         self.registry_errors = Counter(
             "serving_registry_errors", "Registry checks that failed (unreachable, missing alias)", registry=r
         )
-        self.last_swap = Gauge(
-            "serving_model_last_swap_timestamp_seconds", "Unix time of the last swap", registry=r
-        )
+        self.last_swap = Gauge("serving_model_last_swap_timestamp_seconds", "Unix time of the last swap", registry=r)
         self.last_load_seconds = Gauge(
             "serving_model_last_load_seconds",
             "Load and check time of the last swapped-in version",

@@ -156,9 +156,7 @@ def resolve(source: ModelSource) -> ResolvedVersion:
     except Exception as exc:
         raise RegistryError(f"cannot resolve {source.uri}: {_short(exc)}") from exc
     version = str(mv.version)
-    return ResolvedVersion(
-        key=version, uri=f"models:/{source.name}/{version}", version=version, run_id=mv.run_id
-    )
+    return ResolvedVersion(key=version, uri=f"models:/{source.name}/{version}", version=version, run_id=mv.run_id)
 
 
 def _short(exc: BaseException, limit: int = 400) -> str:
@@ -187,9 +185,7 @@ def _input_layout(pyfunc_model: Any) -> tuple[tuple[str, ...] | None, int, list[
             raise ModelLoadError(f"unsupported input {spec}; expected named numeric columns")
         type_name = getattr(spec.type, "name", str(spec.type))
         if type_name not in _NUMERIC_COLUMN_TYPES:
-            raise ModelLoadError(
-                f"column {spec.name!r} has type {type_name}; only numeric columns are served"
-            )
+            raise ModelLoadError(f"column {spec.name!r} has type {type_name}; only numeric columns are served")
         names.append(spec.name)
         types.append(cast(Any, spec.type).to_numpy())
     if not names:
@@ -222,9 +218,7 @@ def _example_rows(pyfunc_model: Any, names: tuple[str, ...] | None, n_features: 
     return np.asarray(rows, dtype=np.float64)
 
 
-def _make_pyfunc_predict(
-    pyfunc_model: Any, names: tuple[str, ...] | None, types: list[Any] | None
-) -> PredictFn:
+def _make_pyfunc_predict(pyfunc_model: Any, names: tuple[str, ...] | None, types: list[Any] | None) -> PredictFn:
     import pandas as pd
 
     def predict(rows: FloatRows) -> npt.NDArray[Any]:
@@ -321,11 +315,6 @@ class ModelStore:
         self._first_check_done = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._triggered: set[asyncio.Task[CheckResult]] = set()
-        # MLflow's client defaults (120 s timeout, 7 retries with backoff) would keep a check
-        # stuck for minutes when the registry is down; an explicit MLFLOW_HTTP_* env wins.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.registry_timeout_seconds))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_max_retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
     @property
     def polls(self) -> bool:
@@ -404,6 +393,12 @@ class ModelStore:
                 log.exception("registry check crashed")
 
     def start(self) -> None:
+        # MLflow's client defaults (120 s timeout, 7 retries with backoff) would keep a check
+        # stuck for minutes when the registry is down; an explicit MLFLOW_HTTP_* env wins.
+        # Set when the app starts, not when it is created: importing the app changes nothing.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.settings.registry_timeout_seconds))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(self.settings.registry_max_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
 
     async def wait_first_check(self, timeout: float) -> None:

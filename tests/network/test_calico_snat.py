@@ -145,23 +145,29 @@ def test_snat_lets_the_pod_in_and_absent_takes_it_back(seed_network: SeedNetwork
 
     # --- the diagnosis alone (read-only) names the problem and the fix
     diag = playbook(net, tmp_path, "--tags", "calico_vm_access_diagnose")
-    assert diag.rc == 0 and diag.failed == 0, diag.out
+    assert diag.rc == 0, diag.out
+    assert diag.failed == 0, diag.out
     assert diag.changed == 0, diag.out
-    assert f"Traffic from the pod address {NODE_POD_SIDE} reaches {DB_ADDR}:{DB_PORT}, but PostgreSQL refuses it" in diag.text
+    refused_words = (
+        f"Traffic from the pod address {NODE_POD_SIDE} reaches {DB_ADDR}:{DB_PORT}, but PostgreSQL refuses it"
+    )
+    assert refused_words in diag.text, diag.out
     assert f'no pg_hba.conf entry for host "{NODE_POD_SIDE}"' in diag.text, diag.out
     assert "Apply the SNAT fix" in diag.text, diag.out
     assert our_rules(net) == []
 
     # --- check mode reports the change and makes none
     check = playbook(net, tmp_path, "--check")
-    assert check.rc == 0 and check.failed == 0, check.out
+    assert check.rc == 0, check.out
+    assert check.failed == 0, check.out
     assert check.changed >= 2, check.out  # the rules and the rules file
     assert our_rules(net) == []
     assert rules_file.read_text() == FOREIGN_RULES_FILE
 
     # --- apply: one MASQUERADE rule per VM (db and nfs from the inventory), persisted
     applied = playbook(net, tmp_path)
-    assert applied.rc == 0 and applied.failed == 0, applied.out
+    assert applied.rc == 0, applied.out
+    assert applied.failed == 0, applied.out
     assert applied.changed >= 2, applied.out
     rules = our_rules(net)
     assert sorted(rules) == sorted(
@@ -177,7 +183,7 @@ def test_snat_lets_the_pod_in_and_absent_takes_it_back(seed_network: SeedNetwork
     after = net.psql_from_pod()
     assert after.returncode == 0, after.stderr
     assert after.stdout.strip() == NODE_ADDR  # inet_client_addr(): the DB sees the node
-    new_log = net.pg_log_text()[len(log_before):]
+    new_log = net.pg_log_text()[len(log_before) :]
     assert f"connection received: host={NODE_ADDR}" in new_log, new_log
     assert f"connection authorized: user={DB_USER} database={DB_NAME}" in new_log, new_log
     assert POD_ADDR not in new_log
@@ -188,23 +194,36 @@ def test_snat_lets_the_pod_in_and_absent_takes_it_back(seed_network: SeedNetwork
         assert f'-A POSTROUTING -s {POD_CIDR} -d {vm}/32 -m comment --comment "{COMMENT}" -j MASQUERADE' in persisted
     in_ns(net.node, "iptables-restore", "--test", str(rules_file))
 
-    # --- second run: nothing to do
+    # --- second run, and check mode on the converged node: nothing to do
     again = playbook(net, tmp_path)
-    assert again.rc == 0 and again.changed == 0, again.out
+    assert again.rc == 0, again.out
+    assert again.changed == 0, again.out
+    converged_check = playbook(net, tmp_path, "--check")
+    assert converged_check.rc == 0, converged_check.out
+    assert converged_check.changed == 0, converged_check.out
 
     # --- "reboot": empty nat table, then what netfilter-persistent does at boot
     in_ns(net.node, "iptables", "-w", "5", "-t", "nat", "-F")
     assert net.psql_from_pod().returncode != 0
     in_ns(net.node, "iptables-restore", str(rules_file))
     rebooted = net.psql_from_pod()
-    assert rebooted.returncode == 0 and rebooted.stdout.strip() == NODE_ADDR, rebooted.stderr
+    assert rebooted.returncode == 0, rebooted.stderr
+    assert rebooted.stdout.strip() == NODE_ADDR, rebooted.stderr
     in_ns(net.node, "iptables", "-w", "5", "-t", "nat", "-A", "POSTROUTING", *FOREIGN_NAT_RULE)
-    after_reboot = playbook(net, tmp_path)
-    assert after_reboot.rc == 0 and after_reboot.changed == 0, after_reboot.out
+
+    # --- the NFS VM is dropped from the list: its rule goes, live and persisted, nothing else
+    narrowed = playbook(net, tmp_path, calico_vm_access_vm_addresses=[DB_ADDR])
+    assert narrowed.rc == 0, narrowed.out
+    assert narrowed.changed == 2, narrowed.out  # one rule removed, the rules file rewritten
+    assert our_rules(net) == [
+        f'-A POSTROUTING -s {POD_CIDR} -d {DB_ADDR}/32 -m comment --comment "{COMMENT}" -j MASQUERADE'
+    ]
+    assert NFS_ADDR not in rules_file.read_text()
 
     # --- state absent removes exactly what the role added
     removed = playbook(net, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
-    assert removed.rc == 0 and removed.failed == 0, removed.out
+    assert removed.rc == 0, removed.out
+    assert removed.failed == 0, removed.out
     assert removed.changed >= 2, removed.out
     assert our_rules(net) == []
     assert "-A POSTROUTING " + " ".join(FOREIGN_NAT_RULE) in net.nat_rules()
@@ -214,13 +233,15 @@ def test_snat_lets_the_pod_in_and_absent_takes_it_back(seed_network: SeedNetwork
     assert f'no pg_hba.conf entry for host "{POD_ADDR}"' in refused.stderr
 
     removed_again = playbook(net, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
-    assert removed_again.rc == 0 and removed_again.changed == 0, removed_again.out
+    assert removed_again.rc == 0, removed_again.out
+    assert removed_again.changed == 0, removed_again.out
 
 
 def test_preflight_rejects_a_bad_pod_cidr(seed_network: SeedNetwork, tmp_path: Path) -> None:
     write_inventory(tmp_path / "inventory.yml")
     bad = playbook(seed_network, tmp_path, "-e", "mlopslab_pod_cidr=10.244.1.5/16")
-    assert bad.rc != 0 and bad.failed == 1, bad.out
+    assert bad.rc != 0, bad.out
+    assert bad.failed == 1, bad.out
     assert "calico_vm_access_pod_cidr must be an IPv4 network" in bad.text, bad.out
     assert our_rules(seed_network) == []
     assert not (tmp_path / "rules.v4").exists()

@@ -28,6 +28,19 @@ def _settings(model_name: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def _pin_mlflow_http_env(patch: pytest.MonkeyPatch) -> None:
+    """The app sets MLflow client limits with os.environ.setdefault when it starts; setting them
+    here first (restored afterwards) keeps that from leaking into other suites' tests."""
+    patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    patch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_http_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    _pin_mlflow_http_env(monkeypatch)
+
+
 @pytest.fixture
 def champion(mlflow_tracking_uri: str, unique_model_name: str) -> RegisteredIris:
     """Version 1 of a registered model of this test alone, alias champion (tests that move it)."""
@@ -56,6 +69,7 @@ def client(module_champion: RegisteredIris, mlflow_server: MlflowServer) -> Iter
     """A started app (lifespan run) serving the module's champion; do not move its alias."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+        _pin_mlflow_http_env(patch)
         with TestClient(create_app(_settings(module_champion.name))) as test_client:
             yield test_client
 

@@ -11,16 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_iris
 
-from tests.support.mlflow_server import RegisteredIris
+from tests.support.mlflow_server import MlflowServer, RegisteredIris
 
 pytestmark = pytest.mark.mlflow
 
 SEED_ROW = [5.1, 3.5, 1.4, 0.2]
 
 
-def test_seed_curl_body_returns_the_iris_prediction(
-    client: TestClient, module_champion: RegisteredIris
-) -> None:
+def test_seed_curl_body_returns_the_iris_prediction(client: TestClient, module_champion: RegisteredIris) -> None:
     response = client.post("/predict", json={"features": SEED_ROW})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -56,9 +54,7 @@ def test_batches_and_columns_equal_the_model_on_each_row_alone(
     ("body", "status", "fragment"),
     [
         pytest.param({"features": [5.1, 3.5, 1.4]}, 422, "has 3 values", id="too-few-features"),
-        pytest.param(
-            {"features": [[5.1, 3.5, 1.4, 0.2], [1, 2, 3, 4, 5]]}, 422, "features[1] has 5", id="ragged"
-        ),
+        pytest.param({"features": [[5.1, 3.5, 1.4, 0.2], [1, 2, 3, 4, 5]]}, 422, "features[1] has 5", id="ragged"),
         pytest.param({"features": [5.1, "x", 1.4, 0.2]}, 422, "valid number", id="non-numeric"),
         pytest.param({"features": ["5.1", 3.5, 1.4, 0.2]}, 422, "valid number", id="numeric-string"),
         pytest.param({"features": [True, 3.5, 1.4, 0.2]}, 422, "valid number", id="boolean"),
@@ -102,9 +98,7 @@ def test_unknown_and_extra_columns_are_named(client: TestClient) -> None:
 
 
 def test_malformed_json_and_oversized_body(client: TestClient) -> None:
-    broken = client.post(
-        "/predict", content=b'{"features": [5.1,', headers={"content-type": "application/json"}
-    )
+    broken = client.post("/predict", content=b'{"features": [5.1,', headers={"content-type": "application/json"})
     assert broken.status_code == 422
     assert "JSON" in broken.json()["detail"]
     huge = client.post("/predict", content=b"[" + b"1," * (3 * 1024 * 1024) + b"1]")
@@ -144,3 +138,30 @@ def test_info_health_readiness_and_openapi(client: TestClient, module_champion: 
     assert {"/predict", "/model", "/reload", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
     assert not math.isnan(np.float64(info["n_features"]))
+
+
+def test_concurrent_single_rows_are_batched_and_each_equals_its_own_prediction(
+    module_champion: RegisteredIris, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import concurrent.futures
+
+    from serving.app.config import Settings
+    from serving.app.main import create_app
+    from tests.support.serving_app import metric_value
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    data: Any = load_iris(as_frame=True)
+    frame = data.data.iloc[::4]  # 38 rows, all three classes
+    reference = mlflow.pyfunc.load_model(module_champion.model_uri)
+    expected = [int(reference.predict(frame.iloc[[i]])[0]) for i in range(len(frame))]
+    rows = frame.to_numpy().tolist()
+    # A long batch wait makes the grouping deterministic enough to observe.
+    settings = Settings(model_name=module_champion.name, batch_max_wait_ms=300)
+    with TestClient(create_app(settings)) as client, concurrent.futures.ThreadPoolExecutor(len(rows)) as pool:
+        responses = list(pool.map(lambda row: client.post("/predict", json={"features": row}), rows))
+        metrics = client.get("/metrics").text
+    assert [r.status_code for r in responses] == [200] * len(rows)
+    assert [r.json()["predictions"] for r in responses] == [[e] for e in expected]
+    calls = metric_value(metrics, "serving_batch_rows_count")
+    assert metric_value(metrics, "serving_batch_rows_sum") == len(rows)
+    assert calls < len(rows) / 2, f"{len(rows)} concurrent requests made {calls} predict calls"

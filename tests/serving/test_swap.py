@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import mlflow
 import pandas as pd
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from tests.support.mlflow_server import RegisteredIris, free_port, register_iris_model
+from tests.support.mlflow_server import RegisteredIris, free_port, register_iris_model, use_tracking_uri
 from tests.support.serving_app import TOKEN, metric_value, wait_for
 
 pytestmark = pytest.mark.mlflow
@@ -24,34 +23,28 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class AlwaysFails(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         raise RuntimeError("this version is broken on purpose")
 
 
 def register_failing_version(tracking_uri: str, name: str) -> str:
     """A version that loads but fails its smoke prediction."""
     frame = pd.DataFrame([[5.1, 3.5, 1.4, 0.2]], columns=["a", "b", "c", "d"])
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=AlwaysFails(),
-                signature=infer_signature(frame, [0]),
-                registered_model_name=name,
-                pip_requirements=["mlflow"],
-            )
-    finally:
-        mlflow.set_tracking_uri(None)
+    with use_tracking_uri(tracking_uri), mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=AlwaysFails(),
+            signature=infer_signature(frame, [0]),
+            registered_model_name=name,
+            pip_requirements=["mlflow"],
+        )
     return str(info.registered_model_version)
 
 
 def register_unloadable_version(tracking_uri: str, name: str) -> str:
     """A version whose artifacts do not exist."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    return str(
-        client.create_model_version(name, source="mlflow-artifacts:/0/missing/artifacts/model").version
-    )
+    return str(client.create_model_version(name, source="mlflow-artifacts:/0/missing/artifacts/model").version)
 
 
 def served_version(client: TestClient) -> str:
@@ -75,10 +68,7 @@ def test_moving_the_alias_swaps_within_a_poll_interval(
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "serving_model_swaps_total") == 2
         assert metric_value(metrics, "serving_model_version") == 2
-        assert (
-            f'serving_model_info{{name="{champion.name}",run_id="{second.run_id}",version="2"}} 1.0'
-            in metrics
-        )
+        assert f'serving_model_info{{name="{champion.name}",run_id="{second.run_id}",version="2"}} 1.0' in metrics
         assert 'version="1"' not in metrics.split("serving_model_info")[-1].split("\n# ")[0]
 
 

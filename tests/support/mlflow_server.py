@@ -21,6 +21,10 @@ Interface (small on purpose; the serving and DAG suites share it):
         RandomForest needs), registers a new version of `name` and points `alias` at it
         (alias=None: no alias). Returns .name, .version (str), .run_id, .model_uri.
 
+    use_tracking_uri(uri)  (context manager)
+        MLflow's fluent API (mlflow.start_run, log_model...) talks to `uri` inside the block;
+        the previous global URI and MLFLOW_TRACKING_URI are restored after it.
+
 Pytest fixtures (registered from tests/conftest.py):
 
     mlflow_server           session-scoped MlflowServer (one server for the whole run)
@@ -152,9 +156,7 @@ def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise RuntimeError(
-                f"mlflow server exited with {process.returncode}; log:\n{log_path.read_text()[-4000:]}"
-            )
+            raise RuntimeError(f"mlflow server exited with {process.returncode}; log:\n{log_path.read_text()[-4000:]}")
         if _healthy(server.url):
             return server
         time.sleep(0.25)
@@ -201,7 +203,7 @@ def register_iris_model(
     example = features.iloc[:2]
     signature = infer_signature(example, model.predict(example))
 
-    with _tracking_uri(tracking_uri):
+    with use_tracking_uri(tracking_uri):
         client = MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
@@ -221,13 +223,11 @@ def register_iris_model(
     version = str(info.registered_model_version)
     if alias:
         client.set_registered_model_alias(name, alias, version)
-    return RegisteredIris(
-        name=name, version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}"
-    )
+    return RegisteredIris(name=name, version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}")
 
 
 @contextlib.contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
+def use_tracking_uri(uri: str) -> Iterator[None]:
     """Use `uri` for MLflow's fluent API, then restore both the global and MLFLOW_TRACKING_URI
     (mlflow.set_tracking_uri also writes, and for None unsets, the environment variable)."""
     import mlflow

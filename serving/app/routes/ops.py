@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..deps import MetricsDep, SettingsDep, StoreDep
+from ..deps import StateDep
 from ..model_store import ModelStore
 from ..schemas import ErrorResponse, LastErrorOut, ModelInfo, ReloadResult
 
@@ -46,7 +46,8 @@ def model_info(store: ModelStore) -> ModelInfo:
 
 
 @router.get("/", tags=["info"])
-async def root(store: StoreDep) -> dict[str, Any]:
+async def root(state: StateDep) -> dict[str, Any]:
+    store = state.store
     """What this server is and what it serves."""
     model = store.current
     return {
@@ -58,15 +59,15 @@ async def root(store: StoreDep) -> dict[str, Any]:
 
 
 @router.get("/model", response_model=ModelInfo, tags=["info"])
-async def get_model_info(store: StoreDep) -> ModelInfo:
+async def get_model_info(state: StateDep) -> ModelInfo:
     """Name, alias, version, run id, load and swap times, and the last error of the served model."""
-    return model_info(store)
+    return model_info(state.store)
 
 
 @router.get("/model-info", response_model=ModelInfo, tags=["info"], deprecated=True)
-async def get_model_info_seed(store: StoreDep) -> ModelInfo:
+async def get_model_info_seed(state: StateDep) -> ModelInfo:
     """The seed's name for GET /model."""
-    return model_info(store)
+    return model_info(state.store)
 
 
 @router.get("/healthz", tags=["health"])
@@ -80,7 +81,8 @@ async def healthz() -> dict[str, str]:
     tags=["health"],
     responses={503: {"model": ErrorResponse, "description": "No model loaded yet"}},
 )
-async def readyz(store: StoreDep) -> dict[str, Any]:
+async def readyz(state: StateDep) -> dict[str, Any]:
+    store = state.store
     """Readiness: a model is loaded (stays true while a newer version fails or the registry is down)."""
     if store.current is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="no model loaded yet")
@@ -88,13 +90,13 @@ async def readyz(store: StoreDep) -> dict[str, Any]:
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)
-async def metrics(metrics: MetricsDep) -> Response:
+async def metrics(state: StateDep) -> Response:
     """Prometheus metrics."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def require_reload_token(
-    settings: SettingsDep,
+async def require_reload_token(
+    state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -103,7 +105,7 @@ def require_reload_token(
             detail="missing token: send 'Authorization: Bearer <SERVING_RELOAD_TOKEN>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    expected = settings.reload_token.get_secret_value().encode()
+    expected = state.settings.reload_token.get_secret_value().encode()
     if not secrets.compare_digest(credentials.credentials.encode(), expected):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="wrong reload token")
 
@@ -119,7 +121,8 @@ def require_reload_token(
         403: {"model": ErrorResponse, "description": "Wrong token"},
     },
 )
-async def reload(store: StoreDep, settings: SettingsDep) -> Any:
+async def reload(state: StateDep) -> Any:
+    store, settings = state.store, state.settings
     """Check the registry now (instead of at the next poll) and swap if the alias moved."""
     check = store.trigger_check("reload")
     done, _ = await asyncio.wait({check}, timeout=settings.reload_wait_seconds)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, status
 
-from ..deps import BatcherDep, ModelDep, SettingsDep
+from ..deps import ModelDep, StateDep
 from ..model_store import FloatRows, LoadedModel
 from ..schemas import ErrorResponse, PredictRequest, PredictResponse
 
@@ -34,9 +34,7 @@ def _check_rows(count: int, limit: int) -> None:
 def rows_from_request(body: PredictRequest, model: LoadedModel, max_rows: int) -> FloatRows:
     """The request as a (rows, features) float64 array in signature order, or a 4xx naming the problem."""
     if (body.features is None) == (body.columns is None):
-        raise InputError(
-            "send exactly one of 'features' (a row or a list of rows) and 'columns' (named columns)"
-        )
+        raise InputError("send exactly one of 'features' (a row or a list of rows) and 'columns' (named columns)")
     expected = model.describe_features()
     if body.features is not None:
         features: Any = body.features
@@ -53,9 +51,7 @@ def rows_from_request(body: PredictRequest, model: LoadedModel, max_rows: int) -
     if not columns:
         raise InputError("empty input: 'columns' has no columns")
     if model.feature_names is None:
-        raise InputError(
-            f"model {model.name} has no column names in its signature; send 'features' ({expected})"
-        )
+        raise InputError(f"model {model.name} has no column names in its signature; send 'features' ({expected})")
     missing = [name for name in model.feature_names if name not in columns]
     unknown = [name for name in columns if name not in model.feature_names]
     if missing or unknown:
@@ -68,9 +64,7 @@ def rows_from_request(body: PredictRequest, model: LoadedModel, max_rows: int) -
     as_lists = {name: value if isinstance(value, list) else [value] for name, value in columns.items()}
     lengths = {len(values) for values in as_lists.values()}
     if len(lengths) != 1:
-        raise InputError(
-            f"columns have different lengths {sorted(lengths)}; every column needs one value per row"
-        )
+        raise InputError(f"columns have different lengths {sorted(lengths)}; every column needs one value per row")
     _check_rows(lengths.pop(), max_rows)
     return np.asarray([as_lists[name] for name in model.feature_names], dtype=np.float64).T.copy()
 
@@ -79,18 +73,17 @@ def rows_from_request(body: PredictRequest, model: LoadedModel, max_rows: int) -
     "/predict",
     response_model=PredictResponse,
     responses={
+        400: {"model": ErrorResponse, "description": "A body that cannot be decoded"},
         413: {"model": ErrorResponse, "description": "More rows than SERVING_MAX_BATCH_ROWS"},
         422: {"model": ErrorResponse, "description": "Input that does not match the model signature"},
         503: {"model": ErrorResponse, "description": "No model loaded yet"},
     },
 )
-async def predict(
-    body: PredictRequest, model: ModelDep, batcher: BatcherDep, settings: SettingsDep
-) -> PredictResponse:
+async def predict(body: PredictRequest, model: ModelDep, state: StateDep) -> PredictResponse:
     """Predict with the served model; the response names the version that made the predictions."""
-    rows = rows_from_request(body, model, settings.max_batch_rows)
+    rows = rows_from_request(body, model, state.settings.max_batch_rows)
     try:
-        result = await batcher.predict(model, rows)
+        result = await state.batcher.predict(model, rows)
     except (ValueError, TypeError) as exc:
         # Well-formed numbers the model itself refuses (e.g. beyond float32 for tree models).
         raise InputError(f"the model rejected the input: {exc}") from exc

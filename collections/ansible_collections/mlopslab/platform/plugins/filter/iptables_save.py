@@ -12,6 +12,7 @@ import re
 import shlex
 from typing import Any
 
+
 def _section_markers(marker: str) -> tuple[str, str]:
     return f"# BEGIN {marker}", f"# END {marker}"
 

@@ -149,7 +149,11 @@ def main() -> None:
 
     target = f"{args.host}:{args.port}"
     node = probe(args.host, args.port, "", args.timeout, args.pg_user, args.pg_database)
-    pod = probe(args.host, args.port, args.pod_source, args.timeout, args.pg_user, args.pg_database) if args.pod_source else None
+    pod = (
+        probe(args.host, args.port, args.pod_source, args.timeout, args.pg_user, args.pg_database)
+        if args.pod_source
+        else None
+    )
     works, words = verdict(target, node, pod, args.masquerade == "yes")
     print(json.dumps({"target": target, "works": works, "verdict": words, "node": node, "pod": pod}))
 

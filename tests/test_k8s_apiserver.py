@@ -1,0 +1,273 @@
+"""The Kubernetes layer against a real kube-apiserver (loopback harness, tests/support/kube_apiserver.py).
+
+- playbooks/cluster.yml, with the lab inventory's own wiring, applies the namespaces, Secrets,
+  ConfigMap and the NFS log volume (``--tags k8s_namespaces,k8s_secrets,nfs_log_volume``: there
+  is no helm binary here, so the ingress-nginx release is not part of this run); the objects'
+  keys and decoded contents are checked, a second run reports changed=0, check mode changes
+  nothing, and no secret value appears in any Ansible output (run with -v and --diff).
+- charts/serving is installed as a Helm release through the Helm SDK (no wait: the harness has
+  no scheduler or kubelet, so pods stay Pending).
+- The harness server is Kubernetes 1.20: it lacks autoscaling/v2 and policy/v1, so serving's
+  HorizontalPodAutoscaler and PodDisruptionBudget are validated by schema only (Kubernetes 1.30
+  schemas, tests/test_k8s_render.py); the install test says so with a warning.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+from kubernetes import client
+
+from tests.support.k8s_layer import SERVING_CHART, ansible_env, recap, run_playbook
+from tests.support.kube_apiserver import KubeApiserver
+
+pytestmark = pytest.mark.k8s
+
+SUFFIX = uuid.uuid4().hex[:6]
+NS_TRAINING = f"mlops-training-{SUFFIX}"
+NS_SERVING = f"mlops-serving-{SUFFIX}"
+NS_INGRESS = f"ingress-nginx-{SUFFIX}"
+PV_NAME = f"airflow-logs-pv-{SUFFIX}"
+
+CANARIES = {
+    "vault_airflow_db_password": f"Cn@ry:{SUFFIX}/af-db%",
+    "vault_mlflow_db_password": f"Cnry-{SUFFIX}-mlflow-db",
+    "vault_aws_access_key_id": f"CNRYAKID{SUFFIX}",
+    "vault_aws_secret_access_key": f"Cnry-{SUFFIX}-aws-secret",
+    "vault_airflow_fernet_key": f"Cnry-{SUFFIX}-fernet",
+    "vault_airflow_api_secret_key": f"Cnry-{SUFFIX}-api",
+    "vault_airflow_git_ssh_private_key": (
+        f"-----BEGIN OPENSSH PRIVATE KEY-----\nCnry-{SUFFIX}-ssh\n-----END OPENSSH PRIVATE KEY-----"
+    ),
+    "vault_serving_reload_token": f"Cnry-{SUFFIX}-reload-token",
+}
+TAGS = "k8s_namespaces,k8s_secrets,nfs_log_volume"
+
+
+def _secret_lines(canaries: dict[str, str]) -> list[str]:
+    return [line for value in canaries.values() for line in value.splitlines() if "-----" not in line]
+
+
+def _extra_vars(api: KubeApiserver, tmp: Path, name: str, canaries: dict[str, str], **more: Any) -> str:
+    extra = {
+        "mlopslab_kubeconfig": str(api.kubeconfig),
+        "mlopslab_namespace_training": more.pop("training", NS_TRAINING),
+        "mlopslab_namespace_serving": more.pop("serving", NS_SERVING),
+        "mlopslab_namespace_ingress": more.pop("ingress", NS_INGRESS),
+        "nfs_log_volume_pv_name": more.pop("pv", PV_NAME),
+        **canaries,
+        **more,
+    }
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(extra))
+    path.chmod(0o600)
+    return f"@{path}"
+
+
+def _cluster(api: KubeApiserver, extra: str, *flags: str) -> str:
+    args = ["playbooks/cluster.yml", "-i", "inventories/lab", "--tags", TAGS, "-e", extra, "-v", *flags]
+    return run_playbook(args, ansible_env({"K8S_AUTH_KUBECONFIG": str(api.kubeconfig)}))
+
+
+@pytest.fixture(scope="module")
+def core(kube_apiserver: KubeApiserver) -> Iterator[client.CoreV1Api]:
+    with kube_apiserver.api_client() as c:
+        yield client.CoreV1Api(c)
+
+
+@pytest.fixture(scope="module")
+def converged(
+    kube_apiserver: KubeApiserver, core: client.CoreV1Api, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """Two converges of the cluster stage's object roles; yields their outputs."""
+    tmp = tmp_path_factory.mktemp("k8s-cluster")
+    extra = _extra_vars(kube_apiserver, tmp, "extra", CANARIES)
+    first = _cluster(kube_apiserver, extra)
+    second = _cluster(kube_apiserver, extra)
+    yield {"first": first, "second": second, "tmp": str(tmp)}
+    for ns in (NS_TRAINING, NS_SERVING, NS_INGRESS):
+        core.delete_namespace(ns)
+    core.delete_persistent_volume(PV_NAME)
+
+
+def _decoded(secret: client.V1Secret) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+def test_first_converge_creates_and_second_reports_no_change(converged: dict[str, str]) -> None:
+    first, second = recap(converged["first"])["control"], recap(converged["second"])["control"]
+    assert first["failed"] == 0
+    assert first["changed"] >= 3
+    assert second["failed"] == 0
+    assert second["changed"] == 0, converged["second"]
+
+
+def test_namespaces_exist_with_limit_ranges(converged: dict[str, str], core: client.CoreV1Api) -> None:
+    for ns in (NS_TRAINING, NS_SERVING, NS_INGRESS):
+        assert core.read_namespace(ns).metadata.labels["app.kubernetes.io/part-of"] == "mlops-lab"
+        (limit_range,) = core.list_namespaced_limit_range(ns).items
+        assert limit_range.spec.limits[0].default == {"cpu": "1", "memory": "1Gi"}
+
+
+def test_secrets_and_configmap_hold_exactly_the_expected_keys_and_values(
+    converged: dict[str, str], core: client.CoreV1Api
+) -> None:
+    aws_env = {
+        "AWS_ACCESS_KEY_ID": CANARIES["vault_aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": CANARIES["vault_aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": "ap-northeast-2",
+        "MLFLOW_S3_ENDPOINT_URL": "https://s3.ap-northeast-2.amazonaws.com",
+    }
+    for ns in (NS_TRAINING, NS_SERVING):
+        assert _decoded(core.read_namespaced_secret("aws-credentials-secret", ns)) == aws_env
+    assert _decoded(core.read_namespaced_secret("mlflow-db-secret", NS_TRAINING)) == {
+        "username": "mlflow_user",
+        "password": CANARIES["vault_mlflow_db_password"],
+    }
+    assert core.read_namespaced_config_map("mlflow-db-config", NS_TRAINING).data == {
+        "host": "192.168.18.142",
+        "port": "5432",
+        "dbname": "mlflow_db",
+    }
+    credentials = _decoded(core.read_namespaced_secret("airflow-aws-credentials", NS_TRAINING))
+    assert list(credentials) == ["credentials"]
+    assert f"aws_secret_access_key = {CANARIES['vault_aws_secret_access_key']}" in credentials["credentials"]
+    connection = _decoded(core.read_namespaced_secret("airflow-db-secret", NS_TRAINING))
+    assert list(connection) == ["connection"]
+    from sqlalchemy.engine import make_url
+
+    url = make_url(connection["connection"])
+    assert (url.username, url.password) == ("airflow_user", CANARIES["vault_airflow_db_password"])
+    assert (url.host, url.port, url.database) == ("192.168.18.142", 5432, "airflow_db")
+    assert _decoded(core.read_namespaced_secret("airflow-fernet-key", NS_TRAINING)) == {
+        "fernet-key": CANARIES["vault_airflow_fernet_key"]
+    }
+    assert _decoded(core.read_namespaced_secret("airflow-api-secret-key", NS_TRAINING)) == {
+        "api-secret-key": CANARIES["vault_airflow_api_secret_key"]
+    }
+    assert _decoded(core.read_namespaced_secret("airflow-git-ssh-secret", NS_TRAINING)) == {
+        "gitSshKey": CANARIES["vault_airflow_git_ssh_private_key"] + "\n"
+    }
+    assert _decoded(core.read_namespaced_secret("serving-reload-token", NS_SERVING)) == {
+        "token": CANARIES["vault_serving_reload_token"]
+    }
+    # no kubectl-style last-applied annotation carrying the secret in clear
+    annotations = core.read_namespaced_secret("mlflow-db-secret", NS_TRAINING).metadata.annotations or {}
+    assert not any(CANARIES["vault_mlflow_db_password"] in v for v in annotations.values())
+
+
+def test_log_volume_and_claim(converged: dict[str, str], core: client.CoreV1Api) -> None:
+    pv = core.read_persistent_volume(PV_NAME)
+    assert (pv.spec.nfs.server, pv.spec.nfs.path) == ("192.168.18.141", "/mnt/nfs_share/mlops/airflow/logs")
+    assert pv.spec.access_modes == ["ReadWriteMany"]
+    assert pv.spec.persistent_volume_reclaim_policy == "Retain"
+    assert pv.spec.claim_ref.namespace == NS_TRAINING
+    assert pv.spec.claim_ref.name == "airflow-logs-pvc"
+    pvc = core.read_namespaced_persistent_volume_claim("airflow-logs-pvc", NS_TRAINING)
+    assert pvc.spec.volume_name == PV_NAME
+    assert pvc.spec.storage_class_name == ""
+    assert pvc.spec.resources.requests == {"storage": "5Gi"}
+
+
+def test_check_mode_changes_nothing(
+    converged: dict[str, str], kube_apiserver: KubeApiserver, core: client.CoreV1Api
+) -> None:
+    tmp = Path(converged["tmp"])
+    rotated = {k: f"{v}-rotated" for k, v in CANARIES.items()}
+    # converged cluster, new secret values: reported as changes, nothing written
+    output = _cluster(kube_apiserver, _extra_vars(kube_apiserver, tmp, "rotated", rotated), "--check", "--diff")
+    assert recap(output)["control"]["changed"] >= 1
+    assert (
+        _decoded(core.read_namespaced_secret("mlflow-db-secret", NS_TRAINING))["password"]
+        == (CANARIES["vault_mlflow_db_password"])
+    )
+    assert (
+        _decoded(core.read_namespaced_secret("serving-reload-token", NS_SERVING))["token"]
+        == (CANARIES["vault_serving_reload_token"])
+    )
+    for line in _secret_lines(rotated) + _secret_lines(CANARIES):
+        assert line not in output
+    # fresh names: nothing is created
+    fresh = uuid.uuid4().hex[:6]
+    names = {
+        "training": f"chk-t-{fresh}",
+        "serving": f"chk-s-{fresh}",
+        "ingress": f"chk-i-{fresh}",
+        "pv": f"chk-pv-{fresh}",
+    }
+    output = _cluster(kube_apiserver, _extra_vars(kube_apiserver, tmp, "fresh", CANARIES, **names), "--check")
+    assert recap(output)["control"]["failed"] == 0
+    existing = {ns.metadata.name for ns in core.list_namespace().items}
+    assert not {names["training"], names["serving"], names["ingress"]} & existing
+    assert names["pv"] not in {pv.metadata.name for pv in core.list_persistent_volume().items}
+
+
+def test_no_secret_value_in_the_ansible_output(converged: dict[str, str]) -> None:
+    for run in ("first", "second"):
+        for line in _secret_lines(CANARIES):
+            assert line not in converged[run], f"a secret value appeared in the {run} run's output"
+    assert "censored" in converged["first"]
+
+
+def _api_versions(api: KubeApiserver) -> set[str]:
+    with api.api_client() as c:
+        groups = client.ApisApi(c).get_api_versions().groups
+    return {v.group_version for g in groups for v in g.versions}
+
+
+def test_serving_chart_installs_as_a_helm_release(kube_apiserver: KubeApiserver, core: client.CoreV1Api) -> None:
+    versions = _api_versions(kube_apiserver)
+    has_hpa_v2, has_pdb_v1 = "autoscaling/v2" in versions, "policy/v1" in versions
+    if not (has_hpa_v2 and has_pdb_v1):
+        warnings.warn(
+            f"kube-apiserver {kube_apiserver.version} lacks autoscaling/v2 or policy/v1: serving's "
+            "HorizontalPodAutoscaler and PodDisruptionBudget are validated by schema only "
+            "(Kubernetes 1.30 schemas, tests/test_k8s_render.py), not installed",
+            stacklevel=1,
+        )
+    ns = kube_apiserver.create_namespace("serving")
+    values = {
+        "autoscaling": {"enabled": has_hpa_v2},
+        "podDisruptionBudget": {"enabled": has_pdb_v1},
+        "env": {"SERVING_MODEL_NAME": "iris_classifier"},
+    }
+    cfg = helm.Config(kubeconfig_path=kube_apiserver.kubeconfig, namespace=ns)
+    try:
+        release = cfg.install(helm.Chart.load(SERVING_CHART), "iris-serving", values, namespace=ns, timeout=120)
+        assert release["status"] == "deployed"
+        assert cfg.status("iris-serving")["revision"] == 1
+        with kube_apiserver.api_client() as c:
+            deploy = client.AppsV1Api(c).read_namespaced_deployment("iris-serving", ns)
+            ingress = client.NetworkingV1Api(c).read_namespaced_ingress("iris-serving", ns)
+        assert deploy.spec.replicas == 2
+        container = deploy.spec.template.spec.containers[0]
+        assert container.readiness_probe.http_get.path == "/readyz"
+        assert container.env[0].value_from.secret_key_ref.name == "serving-reload-token"
+        svc = core.read_namespaced_service("iris-serving", ns)
+        assert (svc.spec.ports[0].port, svc.spec.ports[0].target_port) == (80, "http")
+        assert ingress.spec.rules[0].host == "fastapi.local"
+        assert core.read_namespaced_config_map("iris-serving", ns).data["SERVING_MODEL_NAME"] == "iris_classifier"
+        # an upgrade that changes configuration rolls the pods (config checksum) as revision 2
+        before = deploy.spec.template.metadata.annotations["checksum/config"]
+        cfg.upgrade(
+            helm.Chart.load(SERVING_CHART),
+            "iris-serving",
+            {**values, "env": {"SERVING_MODEL_NAME": "other_model"}},
+            namespace=ns,
+            timeout=120,
+        )
+        with kube_apiserver.api_client() as c:
+            after = client.AppsV1Api(c).read_namespaced_deployment("iris-serving", ns)
+        assert after.spec.template.metadata.annotations["checksum/config"] != before
+        assert cfg.status("iris-serving")["revision"] == 2
+    finally:
+        cfg.uninstall("iris-serving")
+        core.delete_namespace(ns)
