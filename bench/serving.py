@@ -17,25 +17,29 @@ Needs wrk (Debian package, scripts/apt-packages.txt). Every load run is bounded 
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import secrets
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+# Run as a script, bench/ is sys.path[0], and its platform.py would shadow the standard library's
+# `platform` (imported by uuid, httpx, mlflow...): put the repository root there instead.
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path[:] = [str(REPO_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import httpx  # noqa: E402
 
 from tests.support.mlflow_server import free_port, register_iris_model, start_mlflow_server  # noqa: E402
 
@@ -52,6 +56,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     failed: int
+    cpu_ms_per_request: float = float("nan")
 
 
 def _to_ms(value: str) -> float:
@@ -62,12 +67,29 @@ def _to_ms(value: str) -> float:
     return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, body: dict[str, object], concurrency: int, duration: int, workdir: Path) -> WrkResult:
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every live process in a process group (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[0] is the state: pgrp is the 5th field of the file
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def run_wrk(
+    url: str, body: dict[str, object], concurrency: int, duration: int, workdir: Path, pgid: int | None = None
+) -> WrkResult:
     script = workdir / f"post-{abs(hash(json.dumps(body))) % 10**8}.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.body = \'{json.dumps(body)}\'\nwrk.headers["Content-Type"] = "application/json"\n'
     )
     threads = min(2, concurrency)
+    cpu_before = group_cpu_seconds(pgid) if pgid else 0.0
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "5s", "--latency",
          "-s", str(script), url],
@@ -82,7 +104,8 @@ def run_wrk(url: str, body: dict[str, object], concurrency: int, duration: int, 
     failed = int(non_2xx[1]) if non_2xx else 0
     if socket:
         failed += sum(int(g) for g in socket.groups())
-    return WrkResult(rps, p50, p99, total, failed)
+    cpu = (group_cpu_seconds(pgid) - cpu_before) * 1000 / max(total, 1) if pgid else float("nan")
+    return WrkResult(rps, p50, p99, total, failed, cpu)
 
 
 class Process:
@@ -210,33 +233,43 @@ def main() -> int:
             "mlflow models serve": (
                 f"{reference_url}/invocations",
                 {"dataframe_split": {"columns": COLUMNS, "data": [ROW]}},
+                reference.popen.pid,
             ),
-            "this server": (f"{ours_url}/predict", {"features": ROW}),
+            "this server": (f"{ours_url}/predict", {"features": ROW}, ours.popen.pid),
         }
-        for name, (url, body) in targets.items():  # both answer the seed row the same way
+        for name, (url, body, _) in targets.items():  # both answer the seed row the same way
             answer = httpx.post(url, json=body, timeout=30).json()
             print(f"{name}: {json.dumps(answer)}")
             run_wrk(url, body, 8, 3, workdir)  # warm-up
 
         rows: list[tuple[int, WrkResult, WrkResult]] = []
         for concurrency in args.concurrency:
-            results = [run_wrk(url, body, concurrency, args.duration, workdir) for url, body in targets.values()]
+            results = [
+                run_wrk(url, body, concurrency, args.duration, workdir, pgid) for url, body, pgid in targets.values()
+            ]
             rows.append((concurrency, results[0], results[1]))
 
         print()
         print(f"single-row requests, one worker each, wrk {args.duration}s per cell, 2 wrk threads")
+        print(f"load average before the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         header = (
-            "| concurrency | mlflow models serve req/s | p50 ms | p99 ms | this server req/s | p50 ms | p99 ms "
-            "| throughput ratio | failed (ref/ours) |"
+            "| concurrency | mlflow models serve req/s | p50 ms | p99 ms | CPU ms/req | this server req/s "
+            "| p50 ms | p99 ms | CPU ms/req | throughput ratio | CPU/req ratio | failed (ref/ours) |"
         )
         print(header)
-        print("|" + "---|" * 9)
+        print("|" + "---|" * 12)
         for concurrency, ref, our in rows:
             print(
                 f"| {concurrency} | {ref.requests_per_second:.0f} | {ref.p50_ms:.1f} | {ref.p99_ms:.1f} "
-                f"| {our.requests_per_second:.0f} | {our.p50_ms:.1f} | {our.p99_ms:.1f} "
-                f"| {our.requests_per_second / max(ref.requests_per_second, 0.001):.1f}x | {ref.failed}/{our.failed} |"
+                f"| {ref.cpu_ms_per_request:.2f} "
+                f"| {our.requests_per_second:.0f} | {our.p50_ms:.1f} | {our.p99_ms:.1f} | {our.cpu_ms_per_request:.2f} "
+                f"| {our.requests_per_second / max(ref.requests_per_second, 0.001):.1f}x "
+                f"| {ref.cpu_ms_per_request / max(our.cpu_ms_per_request, 0.001):.1f}x | {ref.failed}/{our.failed} |"
             )
+        print(
+            "CPU ms/req: server process group CPU time / requests served; unlike req/s it barely depends on "
+            "what else the machine runs"
+        )
 
         if args.swaps:
             # Stop the reference server so it does not compete for the two cores during the swaps.

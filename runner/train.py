@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 DAG_ID = "train_and_promote"
 GATE_TASK_ID = "gate"
@@ -42,6 +43,8 @@ DATASETS = ("iris", "wine", "breast_cancer")
 # Where the simple auth manager (and FAB's) exchanges username/password for a JWT.
 TOKEN_PATH = "/auth/token"  # noqa: S105 (a URL path, not a secret)
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+# Consecutive failed polls tolerated while following a run (at poll_interval apart).
+MAX_POLL_FAILURES = 5
 
 Result = Literal["promoted", "rejected", "failed", "triggered", "timeout"]
 
@@ -300,7 +303,7 @@ def trigger_training(
     """
     own_client = client is None
     http = client or httpx.Client(base_url=api_url.rstrip("/"), auth=auth, timeout=30.0)
-    label = f"[bold]{params.run_name}[/bold]"
+    label = f"[bold]{escape(params.run_name)}[/bold]"
     try:
         api = _Api(http)
         dag = api.dag()
@@ -308,16 +311,27 @@ def trigger_training(
             raise TrainError(f"DAG {DAG_ID} is paused: unpause it in Airflow (airflow dags unpause {DAG_ID})")
         dag_run_id = new_dag_run_id(params.run_name)
         api.trigger(dag_run_id, params.conf(), note=f"python -m runner train ({params.run_name})")
-        console.print(f"{label} triggered {DAG_ID} run [cyan]{dag_run_id}[/cyan] with {params.conf()}")
+        console.print(f"{label} triggered {DAG_ID} run [cyan]{dag_run_id}[/cyan] with {escape(str(params.conf()))}")
         if not wait:
             return TrainOutcome(dag_run_id=dag_run_id, result="triggered", state=api.run_state(dag_run_id))
 
         deadline = time.monotonic() + timeout
         seen: dict[str, str] = {}
         state = "queued"
+        poll_failures = 0
         while True:
-            state = api.run_state(dag_run_id)
-            tasks = api.task_states(dag_run_id)
+            try:
+                state = api.run_state(dag_run_id)
+                tasks = api.task_states(dag_run_id)
+            except TrainError as error:
+                # The run goes on in Airflow: ride out an API restart or a network blip.
+                poll_failures += 1
+                if poll_failures > MAX_POLL_FAILURES:
+                    raise
+                console.print(f"{label} [yellow]cannot poll the run ({error}); retrying[/yellow]")
+                sleep(poll_interval)
+                continue
+            poll_failures = 0
             for task_id, task_state in tasks.items():
                 if seen.get(task_id) != task_state:
                     console.print(f"{label} {task_id}: {task_state}")

@@ -44,6 +44,7 @@ CANARIES = {
     "vault_aws_secret_access_key": f"Cnry-{SUFFIX}-aws-secret",
     "vault_airflow_fernet_key": f"Cnry-{SUFFIX}-fernet",
     "vault_airflow_api_secret_key": f"Cnry-{SUFFIX}-api",
+    "vault_airflow_jwt_secret": f"Cnry-{SUFFIX}-jwt",
     "vault_airflow_git_ssh_private_key": (
         f"-----BEGIN OPENSSH PRIVATE KEY-----\nCnry-{SUFFIX}-ssh\n-----END OPENSSH PRIVATE KEY-----"
     ),
@@ -152,6 +153,9 @@ def test_secrets_and_configmap_hold_exactly_the_expected_keys_and_values(
     }
     assert _decoded(core.read_namespaced_secret("airflow-api-secret-key", NS_TRAINING)) == {
         "api-secret-key": CANARIES["vault_airflow_api_secret_key"]
+    }
+    assert _decoded(core.read_namespaced_secret("airflow-jwt-secret", NS_TRAINING)) == {
+        "jwt-secret": CANARIES["vault_airflow_jwt_secret"]
     }
     assert _decoded(core.read_namespaced_secret("airflow-git-ssh-secret", NS_TRAINING)) == {
         "gitSshKey": CANARIES["vault_airflow_git_ssh_private_key"] + "\n"

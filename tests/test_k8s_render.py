@@ -46,16 +46,21 @@ CANARIES = {
     "vault_aws_secret_access_key": "cAnary/aws+secret",
     "vault_airflow_fernet_key": "cAnary-fernet-key=",
     "vault_airflow_api_secret_key": "cAnary-api-secret",
+    "vault_airflow_jwt_secret": "cAnary-jwt-secret",
     "vault_airflow_git_ssh_private_key": (
         "-----BEGIN OPENSSH PRIVATE KEY-----\ncAnary-ssh-key\n-----END OPENSSH PRIVATE KEY-----"
     ),
     "vault_serving_reload_token": "cAnary-reload-token-0123456789",
 }
 
-pytestmark = pytest.mark.skipif(
-    not (chart_schemas_dir() / "airflow" / "values.schema.json").is_file(),
-    reason=f"chart schemas not found at {chart_schemas_dir()} (shared/ beside the repository)",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _chart_schemas_present() -> None:
+    # shared/ sits beside the repository (CI clones it there); a missing copy is an error, not a skip
+    assert (chart_schemas_dir() / "airflow" / "values.schema.json").is_file(), (
+        f"chart schemas not found at {chart_schemas_dir()}: put shared/ beside the repository "
+        "or set MLOPSLAB_CHART_SCHEMAS"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +160,7 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
         ("Secret", "mlops-training", "airflow-db-secret"),
         ("Secret", "mlops-training", "airflow-fernet-key"),
         ("Secret", "mlops-training", "airflow-api-secret-key"),
+        ("Secret", "mlops-training", "airflow-jwt-secret"),
         ("Secret", "mlops-training", "airflow-git-ssh-secret"),
         ("Secret", "mlops-serving", "aws-credentials-secret"),
         ("Secret", "mlops-serving", "serving-reload-token"),
@@ -188,6 +194,10 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
     }
     assert _secret_data(_find(docs, "Secret", "airflow-api-secret-key")) == {
         "api-secret-key": CANARIES["vault_airflow_api_secret_key"]
+    }
+    # the chart reads key jwt-secret (base64 in data = the raw value in stringData)
+    assert _secret_data(_find(docs, "Secret", "airflow-jwt-secret")) == {
+        "jwt-secret": CANARIES["vault_airflow_jwt_secret"]
     }
     ssh = _secret_data(_find(docs, "Secret", "airflow-git-ssh-secret"))["gitSshKey"]
     assert ssh == CANARIES["vault_airflow_git_ssh_private_key"] + "\n"
@@ -252,6 +262,10 @@ def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> Non
     assert values["data"] == {"metadataSecretName": "airflow-db-secret"}
     assert values["fernetKeySecretName"] == "airflow-fernet-key"
     assert values["apiSecretKeySecretName"] == "airflow-api-secret-key"
+    # a fixed JWT secret by name (else the chart makes a new one on every upgrade), never the value
+    assert values["jwtSecretName"] == "airflow-jwt-secret"
+    assert "jwtSecret" not in values
+    assert CANARIES["vault_airflow_jwt_secret"] not in (rendered / "values" / "airflow.values.yml").read_text()
     git = values["dags"]["gitSync"]
     assert git["enabled"]
     assert git["sshKeySecret"] == "airflow-git-ssh-secret"

@@ -234,3 +234,27 @@ def test_runner_trains_through_the_airflow_api(
         assert triggered.exit_code == 0
     finally:
         stack.stop()
+
+
+def test_following_rides_out_api_blips() -> None:
+    recorded = _recorded_airflow(
+        "success",
+        {"train": "success", "gate": "success", "notify_serving": "success"},
+        {"decision": "promoted", "reason": "ok", "version": "1", "previous_champion": None},
+    )
+    blips = {"left": 2}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if "/dagRuns/" in request.url.path and blips["left"] > 0:
+            blips["left"] -= 1
+            return httpx.Response(503, json={"detail": "restarting"})
+        return recorded.handler(request)  # type: ignore[no-any-return]
+
+    console, buffer = _console()
+    with httpx.Client(transport=httpx.MockTransport(flaky), base_url="http://airflow") as client:
+        outcome = trigger_training(
+            "http://airflow", httpx.Auth(), TrainParams(10, None, "exp"), wait=True, console=console,
+            client=client, sleep=lambda _: None,
+        )  # fmt: skip
+    assert outcome.result == "promoted"
+    assert buffer.getvalue().count("cannot poll the run") == 2

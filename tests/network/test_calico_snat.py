@@ -245,3 +245,34 @@ def test_preflight_rejects_a_bad_pod_cidr(seed_network: SeedNetwork, tmp_path: P
     assert "calico_vm_access_pod_cidr must be an IPv4 network" in bad.text, bad.out
     assert our_rules(seed_network) == []
     assert not (tmp_path / "rules.v4").exists()
+
+
+def test_snat_also_fixes_a_vm_that_cannot_answer_pod_addresses(seed_network: SeedNetwork, tmp_path: Path) -> None:
+    """The seed's exact symptom: the VM has no way back to the pod CIDR, so pod traffic times out."""
+    net = seed_network
+    write_inventory(tmp_path / "inventory.yml")
+    in_ns(net.db, "ip", "route", "del", POD_CIDR)
+    try:
+        timed_out = net.psql_from_pod()
+        assert timed_out.returncode != 0
+        assert "timeout expired" in timed_out.stderr, timed_out.stderr
+
+        diag = playbook(net, tmp_path, "--tags", "calico_vm_access_diagnose")
+        assert diag.rc == 0, diag.out
+        assert f"but traffic from the pod address {NODE_POD_SIDE} does not (no answer within 3 s" in diag.text, diag.out
+        assert "the symptom of the seed lab" in diag.text, diag.out
+        assert "Apply the SNAT fix" in diag.text, diag.out
+
+        applied = playbook(net, tmp_path)
+        assert applied.rc == 0, applied.out
+        assert "Pod to VM works" in applied.text, applied.out
+        works = net.psql_from_pod()
+        assert works.returncode == 0, works.stderr
+        assert works.stdout.strip() == NODE_ADDR
+
+        removed = playbook(net, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
+        assert removed.rc == 0, removed.out
+        assert our_rules(net) == []
+        assert "timeout expired" in net.psql_from_pod().stderr
+    finally:
+        in_ns(net.db, "ip", "route", "replace", POD_CIDR, "via", NODE_ADDR)

@@ -22,6 +22,7 @@ VAULT_KEYS = [
     "vault_aws_secret_access_key",
     "vault_airflow_fernet_key",
     "vault_airflow_api_secret_key",
+    "vault_airflow_jwt_secret",
     "vault_airflow_git_ssh_private_key",
     "vault_serving_reload_token",
 ]

@@ -93,18 +93,6 @@ def test_reload_needs_the_token_and_swaps_at_once(
         assert served_version(client) == "1"
 
 
-def test_production_refuses_a_placeholder_token(champion: RegisteredIris) -> None:
-    from pydantic import ValidationError
-
-    from serving.app.config import Settings
-
-    with pytest.raises(ValidationError, match="placeholder"):
-        Settings(environment="production", model_name=champion.name)
-    with pytest.raises(ValidationError, match="placeholder"):
-        Settings(environment="production", reload_token="change-me")
-    assert Settings(environment="production", reload_token=TOKEN).reload_token.get_secret_value() == TOKEN
-
-
 @pytest.mark.parametrize("register_broken", [register_failing_version, register_unloadable_version])
 def test_a_broken_version_leaves_the_old_one_serving(
     make_app: Callable[..., FastAPI],

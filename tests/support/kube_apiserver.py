@@ -31,6 +31,9 @@ Binaries come from ``scripts/build-kube-apiserver.sh``, which builds them from D
 no-op). All listeners are on 127.0.0.1 with ports chosen free at start; certificates are generated
 per session in a temporary directory; every process is stopped at the end of the session.
 
+``MLOPSLAB_KEEP_KUBE_WORKDIR=1`` keeps the temporary work directory (certificates, logs) after the
+session for debugging.
+
 Outside pytest: ``python -m tests.support.kube_apiserver`` builds if needed, starts the server,
 prints its kubeconfig path and waits for Ctrl-C.
 """
