@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up test setup lint down status plan bench
+.PHONY: up test setup lint down status plan bench-serving bench-platform
 
 setup:
 	bash scripts/setup-host.sh
@@ -26,3 +26,10 @@ status:
 
 plan:
 	$(PY) -m runner plan
+
+# Benchmarks print figures (ratios against a baseline measured in the same run); not tests.
+bench-serving: setup
+	$(PY) bench/serving.py
+
+bench-platform: setup
+	$(PY) bench/local_platform.py

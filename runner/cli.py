@@ -1,6 +1,7 @@
 """`python -m runner`: bootstrap, plan, status, down and train the mlops-lab platform.
 
-Exit codes: 0 ok, 1 a stage (or the run) failed, 2 usage error, 130 interrupted.
+Exit codes: 0 ok, 1 a stage (or the run) failed, 2 usage error, 3 training rejected by the gate,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from runner.ansible import RunOptions, run_stage
-from runner.health import endpoints_file, probe_endpoints
+from runner.health import endpoints_file, probe_endpoints, read_endpoints
 from runner.inventory import Inventory, InventoryError, load_inventory
-from runner.paths import project_dir, runs_dir
+from runner.paths import local_home, project_dir, runs_dir
 from runner.progress import Progress, summary_table
 from runner.results import StageRun
 from runner.stages import STAGE_NAMES, Stage, StageSelectionError, select_stages
 from runner.summary import RunSummary, read_last_summary, write_summary
+from runner.train import PasswordTokenAuth, TrainError, TrainParams, auth_from_env, trigger_training
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -231,6 +235,69 @@ def down(
     inv = _load(path, None)
     options = RunOptions(inventory=path, vault_password_file=vault_password_file, verbosity=verbose)
     raise typer.Exit(_run([DOWN_STAGE], inv, options, []))
+
+
+def _local_airflow_url() -> str | None:
+    path = endpoints_file()
+    if not path.exists():
+        return None
+    health = read_endpoints(path).get("airflow")
+    if not health:
+        return None
+    parts = urlsplit(health)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _airflow_auth(api_url: str) -> httpx.Auth:
+    """Credentials from the environment, else the local platform's generated admin password."""
+    if any(os.environ.get(name) for name in ("MLOPSLAB_AIRFLOW_TOKEN", "MLOPSLAB_AIRFLOW_USERNAME")):
+        return auth_from_env(api_url)
+    password_file = local_home() / "secrets" / "airflow_admin_password"
+    if password_file.is_file():
+        return PasswordTokenAuth(api_url, "admin", password_file.read_text(encoding="utf-8").strip())
+    return auth_from_env(api_url)  # raises with the list of variables to set
+
+
+@app.command()
+def train(
+    n_estimators: Annotated[int, typer.Option("--n-estimators", min=1, help="Trees in the forest.")] = 100,
+    max_depth: Annotated[
+        int | None, typer.Option("--max-depth", min=1, help="Tree depth (unlimited if unset).")
+    ] = None,
+    run_name: Annotated[str, typer.Option("--run-name", help="MLflow run name, e.g. baseline.")] = "baseline",
+    dataset: Annotated[str, typer.Option("--dataset", help="iris, wine or breast_cancer.")] = "iris",
+    min_accuracy: Annotated[float | None, typer.Option("--min-accuracy", help="Quality gate threshold.")] = None,
+    tolerance: Annotated[float | None, typer.Option("--tolerance", help="Allowed drop vs the champion.")] = None,
+    airflow_url: Annotated[
+        str | None,
+        typer.Option("--airflow-url", envvar="MLOPSLAB_AIRFLOW_URL", help="Airflow API server (default: local)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run to its end.")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to follow the run.")] = 3600.0,
+) -> None:
+    """Trigger the train_and_promote DAG with these params and follow it (the seed's train.sh)."""
+    try:
+        params = TrainParams(
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            run_name=run_name,
+            dataset=dataset,
+            min_accuracy=min_accuracy,
+            tolerance=tolerance,
+        )
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
+    url = airflow_url or _local_airflow_url()
+    if url is None:
+        raise _usage_error("no Airflow URL: pass --airflow-url (or bring up the local platform first)")
+    try:
+        outcome = trigger_training(url, _airflow_auth(url), params, wait, console, timeout=timeout)
+    except TrainError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_FAILED) from exc
+    if outcome.result == "triggered":
+        console.print(outcome.summary())
+    raise typer.Exit(outcome.exit_code)
 
 
 def main() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+
+from runner.paths import local_home
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,12 @@ class Probe:
 
 
 def endpoints_file() -> Path:
-    home = os.environ.get("MLOPSLAB_HOME") or str(Path.home() / ".local" / "share" / "mlops-lab")
-    return Path(home) / "endpoints.json"
+    return local_home() / "endpoints.json"
+
+
+def read_endpoints(path: Path) -> dict[str, str]:
+    endpoints: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+    return endpoints
 
 
 def _probe(name: str, url: str, timeout: float) -> Probe:
@@ -42,5 +47,4 @@ def _probe(name: str, url: str, timeout: float) -> Probe:
 
 def probe_endpoints(path: Path, timeout: float = 3.0) -> list[Probe]:
     """Probe every endpoint listed in the file: {"name": "http://.../health" or "tcp://host:port"}."""
-    endpoints: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
-    return [_probe(name, url, timeout) for name, url in endpoints.items()]
+    return [_probe(name, url, timeout) for name, url in read_endpoints(path).items()]

@@ -28,3 +28,11 @@ def state_dir() -> Path:
 
 def runs_dir() -> Path:
     return state_dir() / "runs"
+
+
+def local_home() -> Path:
+    """The local platform's data, secrets and endpoints (inventories/local: mlopslab_local_home)."""
+    override = os.environ.get("MLOPSLAB_HOME")
+    if override:
+        return Path(override)
+    return Path.home() / ".local" / "share" / "mlops-lab"

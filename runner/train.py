@@ -45,6 +45,8 @@ TOKEN_PATH = "/auth/token"  # noqa: S105 (a URL path, not a secret)
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 # Consecutive failed polls tolerated while following a run (at poll_interval apart).
 MAX_POLL_FAILURES = 5
+# Attempts at creating the run (the API answers 5xx while its database is busy, e.g. SQLite).
+TRIGGER_ATTEMPTS = 4
 
 Result = Literal["promoted", "rejected", "failed", "triggered", "timeout"]
 
@@ -224,14 +226,24 @@ class _Api:
         result: dict[str, Any] = self._get(f"/api/v2/dags/{DAG_ID}", f"DAG {DAG_ID}")
         return result
 
-    def trigger(self, dag_run_id: str, conf: dict[str, Any], note: str) -> dict[str, Any]:
+    def trigger(self, dag_run_id: str, conf: dict[str, Any], note: str, *, sleep: Callable[[float], None]) -> None:
+        """Create the run; retried on 5xx and connection errors, which is safe because the run id
+        is ours: a 409 on a retry means an earlier attempt got through."""
         body = {"dag_run_id": dag_run_id, "logical_date": None, "conf": conf, "note": note}
-        try:
-            response = self.client.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json=body)
-        except httpx.HTTPError as error:
-            raise TrainError(f"triggering {DAG_ID}: {error}") from error
-        result: dict[str, Any] = _check(response, f"triggering {DAG_ID}")
-        return result
+        what = f"triggering {DAG_ID}"
+        for attempt in range(1, TRIGGER_ATTEMPTS + 1):
+            try:
+                response = self.client.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json=body)
+            except httpx.HTTPError as error:
+                if attempt == TRIGGER_ATTEMPTS:
+                    raise TrainError(f"{what}: {error}") from error
+            else:
+                if response.status_code == 409 and attempt > 1:
+                    return
+                if response.status_code < 500 or attempt == TRIGGER_ATTEMPTS:
+                    _check(response, what)
+                    return
+            sleep(2.0 * attempt)
 
     def run_state(self, dag_run_id: str) -> str:
         return str(self._get(f"/api/v2/dags/{DAG_ID}/dagRuns/{dag_run_id}", "dag run")["state"])
@@ -310,7 +322,7 @@ def trigger_training(
         if dag.get("is_paused"):
             raise TrainError(f"DAG {DAG_ID} is paused: unpause it in Airflow (airflow dags unpause {DAG_ID})")
         dag_run_id = new_dag_run_id(params.run_name)
-        api.trigger(dag_run_id, params.conf(), note=f"python -m runner train ({params.run_name})")
+        api.trigger(dag_run_id, params.conf(), note=f"python -m runner train ({params.run_name})", sleep=sleep)
         console.print(f"{label} triggered {DAG_ID} run [cyan]{dag_run_id}[/cyan] with {escape(str(params.conf()))}")
         if not wait:
             return TrainOutcome(dag_run_id=dag_run_id, result="triggered", state=api.run_state(dag_run_id))

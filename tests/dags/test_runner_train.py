@@ -211,7 +211,7 @@ def test_runner_trains_through_the_airflow_api(
             thread.start()
         for thread in threads:
             thread.join()
-        assert not errors, errors
+        assert not errors, f"{errors}\n{stack.logs()}"
         good, bad = outcomes["exp-good"], outcomes["exp-bad"]
         assert good.result == "promoted", (good, stack.logs())
         assert bad.result == "rejected", (bad, stack.logs())
@@ -258,3 +258,30 @@ def test_following_rides_out_api_blips() -> None:
         )  # fmt: skip
     assert outcome.result == "promoted"
     assert buffer.getvalue().count("cannot poll the run") == 2
+
+
+def test_trigger_is_retried_with_the_same_run_id() -> None:
+    recorded = _recorded_airflow(
+        "success",
+        {"train": "success", "gate": "success", "notify_serving": "skipped"},
+        {"decision": "rejected", "reason": "worse", "version": "2"},
+    )
+    posted: list[str] = []
+
+    def busy_then_through(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posted.append(json.loads(request.content)["dag_run_id"])
+            if len(posted) == 1:  # the database was busy, but the run was created anyway
+                return httpx.Response(500, json={"detail": "Internal Server Error"})
+            return httpx.Response(409, json={"detail": "already exists"})
+        return recorded.handler(request)  # type: ignore[no-any-return]
+
+    console, _ = _console()
+    with httpx.Client(transport=httpx.MockTransport(busy_then_through), base_url="http://airflow") as client:
+        outcome = trigger_training(
+            "http://airflow", httpx.Auth(), TrainParams(10, None, "exp"), wait=True, console=console,
+            client=client, sleep=lambda _: None,
+        )  # fmt: skip
+    assert outcome.result == "rejected"
+    assert len(posted) == 2
+    assert posted[0] == posted[1] == outcome.dag_run_id

@@ -260,6 +260,7 @@ def test_training_twice_moves_the_champion_and_serving_swaps_under_load(platform
                 outcomes[str(response.status_code)] += 1
                 if response.status_code == 200:
                     versions[str(response.json()["model_version"])] += 1
+                time.sleep(0.01)  # steady load, leaving CPU for the training tasks on 2 cores
 
     workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     for worker in workers:

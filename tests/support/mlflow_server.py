@@ -5,7 +5,7 @@ Interface (small on purpose; the serving and DAG suites share it):
     free_port() -> int
         A free TCP port on 127.0.0.1.
 
-    start_mlflow_server(workdir, *, port=None, timeout=90.0) -> MlflowServer
+    start_mlflow_server(workdir, *, port=None, timeout=180.0) -> MlflowServer
         Starts `python -m mlflow server` from the current interpreter (the dev venv) on
         127.0.0.1 with a sqlite backend (workdir/mlflow.db), artifacts proxied by the server
         (--serve-artifacts, stored under workdir/artifacts), --workers 1 and
@@ -109,7 +109,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: float = 90.0) -> MlflowServer:
+def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: float = 180.0) -> MlflowServer:
     """Start a lean MLflow server rooted in `workdir` and wait until /health answers."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
