@@ -163,6 +163,10 @@ def test_secrets_and_configmap_hold_exactly_the_expected_keys_and_values(
     assert _decoded(core.read_namespaced_secret("serving-reload-token", NS_SERVING)) == {
         "token": CANARIES["vault_serving_reload_token"]
     }
+    # the same token in the training namespace, for the Airflow task pods (secretKeyRef)
+    assert _decoded(core.read_namespaced_secret("airflow-serving-reload-token", NS_TRAINING)) == {
+        "token": CANARIES["vault_serving_reload_token"]
+    }
     # no kubectl-style last-applied annotation carrying the secret in clear
     annotations = core.read_namespaced_secret("mlflow-db-secret", NS_TRAINING).metadata.annotations or {}
     assert not any(CANARIES["vault_mlflow_db_password"] in v for v in annotations.values())
@@ -195,6 +199,10 @@ def test_check_mode_changes_nothing(
     )
     assert (
         _decoded(core.read_namespaced_secret("serving-reload-token", NS_SERVING))["token"]
+        == (CANARIES["vault_serving_reload_token"])
+    )
+    assert (
+        _decoded(core.read_namespaced_secret("airflow-serving-reload-token", NS_TRAINING))["token"]
         == (CANARIES["vault_serving_reload_token"])
     )
     for line in _secret_lines(rotated) + _secret_lines(CANARIES):

@@ -164,6 +164,7 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
         ("Secret", "mlops-training", "airflow-git-ssh-secret"),
         ("Secret", "mlops-serving", "aws-credentials-secret"),
         ("Secret", "mlops-serving", "serving-reload-token"),
+        ("Secret", "mlops-training", "airflow-serving-reload-token"),
     }
     env_forms = [d for d in docs if d["metadata"]["name"] == "aws-credentials-secret"]
     for doc in env_forms:
@@ -202,6 +203,10 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
     ssh = _secret_data(_find(docs, "Secret", "airflow-git-ssh-secret"))["gitSshKey"]
     assert ssh == CANARIES["vault_airflow_git_ssh_private_key"] + "\n"
     assert _secret_data(_find(docs, "Secret", "serving-reload-token")) == {
+        "token": CANARIES["vault_serving_reload_token"]
+    }
+    # the same token where Airflow's task pods can read it (their own namespace)
+    assert _secret_data(_find(docs, "Secret", "airflow-serving-reload-token")) == {
         "token": CANARIES["vault_serving_reload_token"]
     }
 
@@ -283,6 +288,44 @@ def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> Non
         assert mount == {"name": volume["name"], "mountPath": "/home/airflow/.aws", "readOnly": True}
         assert section["resources"]["requests"]
         assert section["resources"]["limits"]
+
+
+def test_airflow_values_give_the_dags_their_environment(rendered: Path) -> None:
+    values = _values(rendered, "airflow")
+    # the chart's top-level env/secret lists: every Airflow container, the KubernetesExecutor pod
+    # template (task pods) included; the flat list is what the pinned schema accepts
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env == {
+        "AWS_DEFAULT_REGION": "ap-northeast-2",
+        "MLFLOW_TRACKING_URI": "http://mlflow.mlops-training.svc.cluster.local:5000",
+        "MLOPSLAB_MODEL_NAME": "iris_classifier",
+        "MLOPSLAB_SERVING_URL": "http://iris-serving.mlops-serving.svc.cluster.local",
+        "MLOPSLAB_SERVING_WAIT_SECONDS": "120",
+    }
+    assert all(isinstance(v, str) for v in env.values())
+    # the reload token by secretKeyRef to the training namespace's copy, never its value
+    assert values["secret"] == [
+        {
+            "envName": "MLOPSLAB_SERVING_RELOAD_TOKEN",
+            "secretName": "airflow-serving-reload-token",
+            "secretKey": "token",
+        }
+    ]
+    assert "MLOPSLAB_SERVING_RELOAD_TOKEN" not in env
+    text = (rendered / "values" / "airflow.values.yml").read_text()
+    assert CANARIES["vault_serving_reload_token"] not in text
+    # the URLs point at the Services the other releases create
+    mlflow = _values(rendered, "mlflow")
+    assert env["MLFLOW_TRACKING_URI"] == (
+        f"http://{mlflow['fullnameOverride']}.mlops-training.svc.cluster.local:{mlflow['service']['port']}"
+    )
+    serving = _render_serving(_values(rendered, "iris-serving"))
+    svc = _find(serving, "Service", "iris-serving")
+    assert svc["spec"]["ports"][0]["port"] == 80
+    assert env["MLOPSLAB_SERVING_URL"] == f"http://{svc['metadata']['name']}.mlops-serving.svc.cluster.local"
+    # what the KubernetesExecutor pods get is checked against the schema of the whole values
+    assert schema_errors("airflow", values) == []
+    assert schema_errors("airflow", {"secret": [{"envName": "X", "secretName": "s", "key": "k"}]}) != []
 
 
 def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None:

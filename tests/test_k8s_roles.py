@@ -106,6 +106,19 @@ def test_every_task_touching_a_secret_has_no_log() -> None:
     assert all(t.get("diff") is False and t.get("no_log") == NO_LOG for t in appliers)
 
 
+def test_airflow_release_reads_the_reload_token_secret_k8s_secrets_creates() -> None:
+    # the release only names the Secret (secretKeyRef); both roles' defaults must agree on it
+    secrets = _load(ROLES_DIR / "k8s_secrets" / "defaults" / "main.yml")
+    airflow = _load(ROLES_DIR / "airflow_release" / "defaults" / "main.yml")
+    assert (
+        airflow["airflow_release_serving_token_secret_name"] == secrets["k8s_secrets_airflow_serving_token_secret_name"]
+    )
+    assert airflow["airflow_release_serving_token_secret_key"] == secrets["k8s_secrets_serving_reload_secret_key"]
+    assert airflow["airflow_release_namespace"] == secrets["k8s_secrets_airflow_namespace"]
+    # no variable of the release holds a secret value
+    assert not any(o.get("no_log") or o.get("required") for o in _options("airflow_release").values())
+
+
 # --- helm_binary, with stand-in helm executables (no download: get.helm.sh is unreachable here)
 
 
