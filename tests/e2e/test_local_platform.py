@@ -106,6 +106,16 @@ class Platform:
         version: str = response.json()["model_version"]["version"]
         return version
 
+    def model_versions(self) -> list[dict[str, Any]]:
+        response = httpx.get(
+            f"{self.url('mlflow')}/api/2.0/mlflow/model-versions/search",
+            params={"filter": f"name='{MODEL}'", "max_results": 100},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()["model_versions"]
+        return found
+
     def served_version(self) -> str | None:
         version: str | None = httpx.get(f"{self.url('serving')}/model", timeout=30).json()["version"]
         return version
@@ -308,11 +318,7 @@ def test_rollback_restores_the_previous_champion(platform: Platform) -> None:
 
 def test_down_and_up_keep_registry_and_artifacts(platform: Platform) -> None:
     champion = platform.champion()
-    versions = httpx.post(
-        f"{platform.url('mlflow')}/api/2.0/mlflow/model-versions/search",
-        json={"filter": f"name='{MODEL}'", "max_results": 100},
-        timeout=30,
-    ).json()["model_versions"]
+    versions = platform.model_versions()
     before = sorted(int(v["version"]) for v in versions)
     run_id = next(v["run_id"] for v in versions if v["version"] == champion)
     pids = platform_pids(platform.home)
@@ -328,11 +334,7 @@ def test_down_and_up_keep_registry_and_artifacts(platform: Platform) -> None:
 
     platform.bootstrap("up-after-down")
     assert platform.champion() == champion
-    after = httpx.post(
-        f"{platform.url('mlflow')}/api/2.0/mlflow/model-versions/search",
-        json={"filter": f"name='{MODEL}'", "max_results": 100},
-        timeout=30,
-    ).json()["model_versions"]
+    after = platform.model_versions()
     assert sorted(int(v["version"]) for v in after) == before
     artifacts = httpx.get(
         f"{platform.url('mlflow')}/api/2.0/mlflow/artifacts/list", params={"run_id": run_id}, timeout=30
