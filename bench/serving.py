@@ -20,11 +20,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, bench/ is sys.path[0], and its platform.py would shadow the standard library's
-# `platform` (imported by uuid, httpx, mlflow...): put the repository root there instead.
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-sys.path[:] = [str(REPO_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+# Run as a script: make the checkout importable (serving, tests.support).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
 
 import argparse  # noqa: E402
 import json  # noqa: E402

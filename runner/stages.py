@@ -37,7 +37,8 @@ STAGES: tuple[Stage, ...] = (
         ("k8s_control", "local_platform"),
         "MLflow, Airflow and serving (Helm releases or local services)",
     ),
-    Stage("smoke", "playbooks/smoke.yml", ("k8s_control", "local_platform"), "train -> register -> serve check"),
+    # The lab has no smoke play yet (it would go through the ingress): there it is skipped.
+    Stage("smoke", "playbooks/smoke.yml", ("local_platform",), "train -> register -> serve check"),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

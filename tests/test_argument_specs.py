@@ -12,6 +12,7 @@ The rule, for the `main` entry point:
   ``required: true`` with no ``default``: those are the values only the caller can supply
   (secrets from the vault, above all) and they must NOT appear in defaults/main.yml, where a
   default would silently satisfy the requirement;
+- the argument spec states each variable's default, equal to the value in defaults/main.yml;
 - every option has a description and every public variable starts with ``<role>_``.
 """
 
@@ -64,4 +65,7 @@ def test_defaults_match_argument_specs(role: Path) -> None:
     )
     for name, opt in options.items():
         assert (opt or {}).get("description"), f"{role.name}: option {name} has no description"
+        if name in defaults:
+            assert "default" in (opt or {}), f"{role.name}: option {name} states no default in argument_specs"
+            assert opt["default"] == defaults[name], f"{role.name}: {name}: argspec default differs from defaults/main.yml"
         assert name.startswith(f"{role.name}_"), f"{role.name}: option {name} lacks the role prefix"

@@ -1,7 +1,7 @@
 """Bootstrap times and memory of the local platform, against the issue's budgets.
 
-    .venv/bin/python bench/platform.py            # isolated: tmp MLOPSLAB_HOME, free ports, own PG cluster
-    .venv/bin/python bench/platform.py --running  # only the memory of the platform in $MLOPSLAB_HOME
+    .venv/bin/python bench/local_platform.py            # isolated: tmp MLOPSLAB_HOME, free ports, own PG cluster
+    .venv/bin/python bench/local_platform.py --running  # only the memory of the platform in $MLOPSLAB_HOME
 
 The isolated run brings the platform up from nothing (cold: venvs, databases, first
 training), again (warm: converged, changed=0), measures the resident memory of every process
