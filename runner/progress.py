@@ -15,6 +15,8 @@ from rich.table import Table
 from runner.results import StageRun, failure_message
 from runner.stages import Stage
 
+_MESSAGE_ACTIONS = frozenset({"debug", "ansible.builtin.debug"})
+
 _STYLE = {"successful": "green", "failed": "bold red", "skipped": "yellow", "canceled": "magenta", "error": "red"}
 
 
@@ -52,10 +54,16 @@ class Progress:
             if self.verbose or not self.console.is_terminal:
                 self.console.print(f"  [dim]task[/] {self._task}")
         elif kind == "runner_on_ok":
-            key = "changed" if (data.get("res") or {}).get("changed") else "ok"
+            res = data.get("res") or {}
+            key = "changed" if res.get("changed") else "ok"
             self._counts[key] += 1
             if key == "changed":
                 self.console.print(f"  [yellow]changed[/] {data.get('host')}: {data.get('task')}")
+            if data.get("task_action") in _MESSAGE_ACTIONS and "msg" in res:
+                # What a playbook says to its user (the URLs at the end of `make up`, diagnoses).
+                messages = res["msg"] if isinstance(res["msg"], list) else [res["msg"]]
+                for message in messages:
+                    self.console.print(f"  {message}", markup=False, highlight=False)
         elif kind == "runner_on_skipped":
             self._counts["skipped"] += 1
         elif kind in ("runner_on_failed", "runner_on_unreachable"):

@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 step() { printf '\033[1;34m[lint]\033[0m %s\n' "$*"; }
 step "yamllint"; yamllint --strict .
 step "ansible-lint"; ansible-lint --offline -q
-step "ruff"; ruff check . && ruff format --check .
+step "ruff"; ruff check .; ruff format --check .
 step "mypy"; mypy
 for inv in lab local; do
   step "syntax-check site.yml -i inventories/$inv"

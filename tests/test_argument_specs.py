@@ -67,5 +67,5 @@ def test_defaults_match_argument_specs(role: Path) -> None:
         assert (opt or {}).get("description"), f"{role.name}: option {name} has no description"
         if name in defaults:
             assert "default" in (opt or {}), f"{role.name}: option {name} states no default in argument_specs"
-            assert opt["default"] == defaults[name], f"{role.name}: {name}: argspec default differs from defaults/main.yml"
+            assert opt["default"] == defaults[name], f"{role.name}: {name}: argspec default differs from defaults"
         assert name.startswith(f"{role.name}_"), f"{role.name}: option {name} lacks the role prefix"

@@ -37,6 +37,9 @@ STAGE_PLAYBOOK = """\
         dest: "{{{{ marker_dir }}}}/{stage}.done"
         content: "{stage}\\n"
         mode: "0644"
+    - name: Tell the user something
+      ansible.builtin.debug:
+        msg: "stage {stage} says hello"
     - name: Fail on purpose
       ansible.builtin.fail:
         msg: "stage {stage} was told to fail"

@@ -35,6 +35,8 @@ def test_stages_run_in_order_and_empty_groups_are_skipped(project: LabProject) -
         "smoke": "successful",
     }
     assert "no hosts in k8s_nodes" in result.output
+    # what playbooks say to the user (debug messages) reaches the terminal
+    assert "stage smoke says hello" in result.output
     assert "artifacts:" in result.output
     # each stage ran in its own private data dir with its own artifacts
     run_dir = Path(str(_summary(project)["run_dir"]))
