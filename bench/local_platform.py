@@ -24,6 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script: make the checkout importable (tests.support).
+sys.path.insert(0, str(ROOT))
+
+from tests.support.local_platform import platform_pids  # noqa: E402
+
 CLUSTER = "mlopslab_bench"
 PG_VERSION = "15"
 COLD_BUDGET_S = 10 * 60
@@ -40,22 +45,6 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def process_tree(roots: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
-    for line in table.splitlines():
-        pid, ppid = (int(x) for x in line.split())
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
 def rss_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -67,14 +56,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def platform_memory(home: Path, cluster: str) -> tuple[int, int]:
-    roots = set()
-    pid_file = home / "supervisor" / "supervisord.pid"
-    if pid_file.exists():
-        roots.add(int(pid_file.read_text().split()[0]))
-    pg = Path(f"/var/lib/postgresql/{PG_VERSION}/{cluster}/postmaster.pid")
-    if pg.exists():
-        roots.add(int(pg.read_text().split()[0]))
-    pids = process_tree(roots)
+    pids = platform_pids(home, cluster, PG_VERSION)
     return sum(rss_bytes(pid) for pid in pids), len(pids)
 
 

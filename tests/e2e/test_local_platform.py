@@ -32,6 +32,7 @@ import yaml
 from rich.console import Console
 
 from runner.train import PasswordTokenAuth, TrainParams, trigger_training
+from tests.support import local_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -146,31 +147,9 @@ def _total_changed(summary: dict[str, Any]) -> int:
     return sum(stage["counts"].get("changed", 0) for stage in summary["stages"])
 
 
-def _descendants(roots: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    table = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
-    for line in table.splitlines():
-        pid, ppid = (int(x) for x in line.split())
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
 def platform_pids(home: Path) -> set[int]:
     """supervisord and every process under it, plus the e2e PostgreSQL cluster's processes."""
-    roots = set()
-    pid_file = home / "supervisor" / "supervisord.pid"
-    if pid_file.exists():
-        roots.add(int(pid_file.read_text().split()[0]))
-    pg_pid = Path(f"/var/lib/postgresql/{PG_VERSION}/{CLUSTER}/postmaster.pid")
-    if pg_pid.exists():
-        roots.add(int(pg_pid.read_text().split()[0]))
-    return _descendants(roots)
+    return local_platform.platform_pids(home, CLUSTER, PG_VERSION)
 
 
 def listeners(pids: set[int]) -> list[tuple[str, int, int]]:
