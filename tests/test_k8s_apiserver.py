@@ -1,7 +1,7 @@
 """The Kubernetes layer against a real kube-apiserver (loopback harness, tests/support/kube_apiserver.py).
 
 - playbooks/cluster.yml, with the lab inventory's own wiring, applies the namespaces, Secrets,
-  ConfigMap and the NFS log volume (``--tags k8s_namespaces,k8s_secrets,nfs_log_volume``: there
+  ConfigMap and the NFS log volume (``--tags k8s_namespaces,k8s_secrets,k8s_log_volume``: there
   is no helm binary here, so the ingress-nginx release is not part of this run); the objects'
   keys and decoded contents are checked, a second run reports changed=0, check mode changes
   nothing, and no secret value appears in any Ansible output (run with -v and --diff).
@@ -50,7 +50,7 @@ CANARIES = {
     ),
     "vault_serving_reload_token": f"Cnry-{SUFFIX}-reload-token",
 }
-TAGS = "k8s_namespaces,k8s_secrets,nfs_log_volume"
+TAGS = "k8s_namespaces,k8s_secrets,k8s_log_volume"
 
 
 def _secret_lines(canaries: dict[str, str]) -> list[str]:
@@ -63,7 +63,7 @@ def _extra_vars(api: KubeApiserver, tmp: Path, name: str, canaries: dict[str, st
         "mlopslab_namespace_training": more.pop("training", NS_TRAINING),
         "mlopslab_namespace_serving": more.pop("serving", NS_SERVING),
         "mlopslab_namespace_ingress": more.pop("ingress", NS_INGRESS),
-        "nfs_log_volume_pv_name": more.pop("pv", PV_NAME),
+        "k8s_log_volume_pv_name": more.pop("pv", PV_NAME),
         **canaries,
         **more,
     }

@@ -1,6 +1,6 @@
 """The Kubernetes layer, rendered offline and validated (no cluster needed).
 
-Every manifest template of the k8s_namespaces / k8s_secrets / nfs_log_volume roles and every
+Every manifest template of the k8s_namespaces / k8s_secrets / k8s_log_volume roles and every
 Helm values file of the release roles is rendered by Ansible itself with the lab inventory's
 wiring (tests/playbooks/render_k8s_layer.yml), then:
 - manifests validate strictly against the Kubernetes 1.30 schemas (kubernetes-validate);
@@ -73,7 +73,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "mlopslab_airflow_dags_repo": "git@git.example.invalid:lab/mlops-dags.git",
         **{
             f"{r}_values_dir": str(out / "values")
-            for r in ("ingress_nginx", "mlflow_release", "airflow_release", "serving_release")
+            for r in ("ingress_nginx_release", "mlflow_release", "airflow_release", "serving_release")
         },
         **CANARIES,
     }
@@ -353,7 +353,7 @@ def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None
     assert values["image"]["tag"] == str(mlflow_pin)
 
 
-def test_ingress_nginx_values_use_only_keys_of_the_pinned_chart(rendered: Path) -> None:
+def test_ingress_nginx_release_values_use_only_keys_of_the_pinned_chart(rendered: Path) -> None:
     values = _values(rendered, "ingress-nginx")
     assert ingress_nginx_unknown_paths(values) == []
     controller = values["controller"]
@@ -380,7 +380,7 @@ def test_schema_check_fails_on_a_misspelled_key(chart: str, overrides: dict[str,
     assert any(expected in e for e in errors), errors
 
 
-def test_ingress_nginx_check_fails_on_a_misspelled_key() -> None:
+def test_ingress_nginx_release_check_fails_on_a_misspelled_key() -> None:
     assert ingress_nginx_unknown_paths({"controller": {"hostNetwrok": True}}) == ["controller.hostNetwrok"]
     assert ingress_nginx_unknown_paths({"controller": {"config": {"any-key": "x"}}}) == []
 

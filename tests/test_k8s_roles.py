@@ -17,9 +17,9 @@ from tests.support.k8s_layer import ROLES_DIR, ansible_env, recap
 K8S_ROLES = [
     "k8s_namespaces",
     "k8s_secrets",
-    "nfs_log_volume",
+    "k8s_log_volume",
     "helm_binary",
-    "ingress_nginx",
+    "ingress_nginx_release",
     "mlflow_release",
     "airflow_release",
     "serving_release",

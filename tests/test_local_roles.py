@@ -16,13 +16,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES_DIR = ROOT / "collections" / "ansible_collections" / "mlopslab" / "platform" / "roles"
-LOCAL_ROLES = ["supervised_service", "s3_store", "mlflow_server", "airflow_local", "serving_local"]
+LOCAL_ROLES = ["supervised_service", "s3_local", "mlflow_local", "airflow_local", "serving_local"]
 SECRETS = {
-    "s3_store": {"s3_store_access_key_id", "s3_store_secret_access_key"},
-    "mlflow_server": {
-        "mlflow_server_db_password",
-        "mlflow_server_aws_access_key_id",
-        "mlflow_server_aws_secret_access_key",
+    "s3_local": {"s3_local_access_key_id", "s3_local_secret_access_key"},
+    "mlflow_local": {
+        "mlflow_local_db_password",
+        "mlflow_local_aws_access_key_id",
+        "mlflow_local_aws_secret_access_key",
     },
     "airflow_local": {
         "airflow_local_db_password",
@@ -97,5 +97,5 @@ def test_local_inventory_binds_every_service_to_loopback() -> None:
     wired = _load(ROOT / "inventories" / "local" / "group_vars" / "local_platform" / "main.yml")
     every = _load(ROOT / "inventories" / "local" / "group_vars" / "all" / "main.yml")
     assert every["mlopslab_local_bind_address"] == "127.0.0.1"
-    for name in ("s3_store_bind_address", "mlflow_server_host", "airflow_local_host", "serving_local_host"):
+    for name in ("s3_local_bind_address", "mlflow_local_host", "airflow_local_host", "serving_local_host"):
         assert wired[name] == "{{ mlopslab_local_bind_address }}", name

@@ -53,7 +53,7 @@ def test_every_mlflow_pin_is_the_same() -> None:
     assert f"ghcr.io/mlflow/mlflow:v{version}" in mlflow_dockerfile
     assert f"mlflow=={version}" in mlflow_dockerfile
     assert f"'{version}'" in (REPO / "serving" / "Dockerfile").read_text()
-    assert str(_defaults("mlflow_server")["mlflow_server_version"]) == version
+    assert str(_defaults("mlflow_local")["mlflow_local_version"]) == version
     assert str(_defaults("mlflow_release")["mlflow_release_image_tag"]) == version
 
 
