@@ -17,7 +17,11 @@ rollback needs nothing else. Tags written here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -108,6 +112,84 @@ def heldout_accuracy(model_uri: str, dataset: str) -> float:
     return float(accuracy_score(split.y_test, model.predict(split.x_test)))
 
 
+# A registered model used as a mutex around the gate: creating a model is atomic in every
+# MLflow backend (a unique name), so whoever creates it holds the lock.
+GATE_LOCK_SUFFIX = ".gate-lock"
+GATE_LOCK_TIMEOUT = 600.0  # seconds to wait for another gate
+GATE_LOCK_STALE = 900.0  # a lock older than this belongs to a gate that died: break it
+
+
+def _lock_age(client: Any, name: str) -> float | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return None
+    return time.time() - (model.creation_timestamp or 0) / 1000.0
+
+
+@contextmanager
+def gate_lock(client: Any, model_name: str, holder: str, *, timeout: float = GATE_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the model's gate lock: one gate at a time across the DAG's runs and training Jobs.
+
+    The DAG serialises its own gate task (``max_active_tis_per_dag=1``), but Jobs running
+    ``python -m mlopslab_pipeline`` in parallel, or a Job beside the DAG, cannot be serialised by
+    Airflow; two gates that read the same champion would both promote and both record it as the
+    previous champion. The registry itself is the one thing they all share.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name = model_name + GATE_LOCK_SUFFIX
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(
+                name, tags={"mlopslab.lock_holder": holder}, description=f"gate lock of {model_name}, held by {holder}"
+            )
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        age = _lock_age(client, name)
+        if age is not None and age > GATE_LOCK_STALE:
+            log.warning("breaking the gate lock of %s: held for %.0f s by a gate that did not finish", model_name, age)
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(name)
+            continue
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"another gate of {model_name} held its lock ({name}) for more than {timeout:.0f} s")
+        time.sleep(1.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(name)
+
+
+def _score_against_champion(
+    client: Any, model_name: str, version: str, dataset: str, min_accuracy: float, tolerance: float
+) -> tuple[Decision, float, Any | None, float | None]:
+    """(decision, candidate accuracy, the champion's ModelVersion or None, champion accuracy)."""
+    from mlopslab_pipeline.training import TAG_DATASET
+
+    champion = current_alias_version(client, model_name, CHAMPION_ALIAS)
+    accuracy = heldout_accuracy(f"models:/{model_name}/{version}", dataset)
+    if champion is None:
+        return decide(accuracy, None, min_accuracy, tolerance, None), accuracy, None, None
+    champion_version = str(champion.version)
+    champion_dataset = champion.tags.get(TAG_DATASET)
+    if champion_dataset and champion_dataset != dataset:
+        reason = (
+            f"champion v{champion_version} serves the {champion_dataset} data set and this "
+            f"candidate was trained on {dataset}; promote across data sets by hand"
+        )
+        return Decision(False, reason), accuracy, champion, None
+    champion_accuracy = heldout_accuracy(f"models:/{model_name}/{champion_version}", dataset)
+    decision = decide(accuracy, champion_accuracy, min_accuracy, tolerance, champion_version)
+    return decision, accuracy, champion, champion_accuracy
+
+
 def gate_and_apply(
     client: Any,
     model_name: str,
@@ -123,11 +205,8 @@ def gate_and_apply(
     """Score the candidate and the champion on the same held-out rows, then either move
     `champion` to the candidate (with the promotion tags) or point `challenger` at it.
 
-    Callers must not run two gates of one model at once (the DAG serialises this task), or
-    both could compare against the same champion and the later one would win regardless.
+    One gate of a model runs at a time, whoever runs it (``gate_lock``).
     """
-    from mlopslab_pipeline.training import TAG_DATASET
-
     champion = current_alias_version(client, model_name, CHAMPION_ALIAS)
     if champion is not None and str(champion.version) == version:
         # A retry after the alias moved: the promotion already happened.
@@ -140,23 +219,25 @@ def gate_and_apply(
             champion.tags.get(TAG_PREVIOUS_CHAMPION) or None,
             None,
         )
-    accuracy = heldout_accuracy(f"models:/{model_name}/{version}", dataset)
-    champion_accuracy: float | None = None
-    champion_version = str(champion.version) if champion is not None else None
-    decision: Decision | None = None
-    if champion is not None:
-        champion_dataset = champion.tags.get(TAG_DATASET)
-        if champion_dataset and champion_dataset != dataset:
-            decision = Decision(
-                False,
-                f"champion v{champion_version} serves the {champion_dataset} data set and this "
-                f"candidate was trained on {dataset}; promote across data sets by hand",
-            )
-        else:
-            champion_accuracy = heldout_accuracy(f"models:/{model_name}/{champion_version}", dataset)
-    if decision is None:
-        decision = decide(accuracy, champion_accuracy, min_accuracy, tolerance, champion_version)
+    with gate_lock(client, model_name, via):
+        return _gate_locked(client, model_name, version, run_id, dataset, min_accuracy, tolerance, who, via)
 
+
+def _gate_locked(
+    client: Any,
+    model_name: str,
+    version: str,
+    run_id: str,
+    dataset: str,
+    min_accuracy: float,
+    tolerance: float,
+    who: str,
+    via: str,
+) -> GateResult:
+    decision, accuracy, champion, champion_accuracy = _score_against_champion(
+        client, model_name, version, dataset, min_accuracy, tolerance
+    )
+    champion_version = str(champion.version) if champion is not None else None
     tags = {
         "mlopslab.gate_decision": "promoted" if decision.promote else "rejected",
         "mlopslab.gate_reason": decision.reason,
@@ -238,7 +319,13 @@ def apply_rollback(client: Any, model_name: str, plan: RollbackPlan, *, who: str
 
     The restored version keeps its own previous-champion tag, so a second rollback walks
     further back in history instead of toggling between two versions.
+    The move holds the gate lock, so a gate cannot promote between the check and the move.
     """
+    with gate_lock(client, model_name, via):
+        return _rollback_locked(client, model_name, plan, who=who, via=via)
+
+
+def _rollback_locked(client: Any, model_name: str, plan: RollbackPlan, *, who: str, via: str) -> str:
     champion = current_alias_version(client, model_name, CHAMPION_ALIAS)
     current = str(champion.version) if champion is not None else None
     if current == plan.to_version:
