@@ -332,3 +332,119 @@ def test_helm_binary_keeps_a_usable_installed_helm_and_check_mode_reports_a_miss
     assert "without privilege escalation" in " ".join(out.split())
     assert recap(out)["localhost"]["changed"] == 1
     assert not empty.exists()
+
+
+# --- k8s_log_volume: the three kinds, rendered by the role itself (render-only mode)
+
+
+def test_log_volume_kinds_render_valid_manifests(tmp_path: Path) -> None:
+    from tests.support.k8s_layer import manifests, validate_manifest
+
+    kinds = {
+        "nfs": {"k8s_log_volume_server": "10.0.0.5", "k8s_log_volume_path": "/exports/logs"},
+        "host_path": {"k8s_log_volume_path": "/var/lib/airflow-logs", "k8s_log_volume_node": "node-1"},
+        "storage_class": {"k8s_log_volume_storage_class": "cephfs"},
+    }
+    plays = [
+        {
+            "name": f"Log volume {kind}",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "roles": [
+                {
+                    "role": "mlopslab.platform.k8s_log_volume",
+                    "vars": {
+                        "k8s_log_volume_kind": kind,
+                        "k8s_log_volume_namespace": "airflow",
+                        "k8s_manifests_render_dir": str(tmp_path / kind),
+                        **settings,
+                    },
+                }
+            ],
+        }
+        for kind, settings in kinds.items()
+    ]
+    playbook = tmp_path / "log_volume.yml"
+    playbook.write_text(yaml.safe_dump(plays))
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    proc = subprocess.run(
+        [
+            str(exe),
+            str(playbook),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+        ],
+        cwd=REPO_ROOT,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docs = {kind: manifests((tmp_path / kind / "manifests" / "log-volume.yml").read_text()) for kind in kinds}
+    for kind_docs in docs.values():
+        for doc in kind_docs:
+            validate_manifest(doc)
+    nfs_pv, _ = docs["nfs"]
+    assert nfs_pv["spec"]["nfs"] == {"server": "10.0.0.5", "path": "/exports/logs"}
+    host_pv, host_pvc = docs["host_path"]
+    assert host_pv["spec"]["hostPath"] == {"path": "/var/lib/airflow-logs", "type": "Directory"}
+    term = host_pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert (term["key"], term["values"]) == ("kubernetes.io/hostname", ["node-1"])
+    assert host_pvc["spec"]["volumeName"] == host_pv["metadata"]["name"]
+    assert "nfs" not in host_pv["spec"]
+    (claim,) = docs["storage_class"]
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["storageClassName"] == "cephfs"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "volumeName" not in claim["spec"]
+
+
+def test_log_volume_refuses_a_kind_without_its_settings(tmp_path: Path) -> None:
+    playbook = tmp_path / "bad.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Log volume without its server",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "roles": [
+                        {
+                            "role": "mlopslab.platform.k8s_log_volume",
+                            "vars": {
+                                "k8s_log_volume_namespace": "airflow",
+                                "k8s_manifests_render_dir": str(tmp_path / "out"),
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    proc = subprocess.run(
+        [
+            str(exe),
+            str(playbook),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+        ],
+        cwd=REPO_ROOT,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0
+    assert "kind nfs needs k8s_log_volume_server" in said
+    assert not (tmp_path / "out").exists()
