@@ -35,6 +35,7 @@ class RunOptions:
     vault_password_file: Path | None = None
     verbosity: int = 0
     extravars: dict[str, Any] = field(default_factory=dict)
+    skip_tags: tuple[str, ...] = ()
 
 
 class Cancelled(Exception):
@@ -102,6 +103,7 @@ def run_stage(
         limit=options.limit,
         cmdline=_cmdline(options),
         extravars=options.extravars or None,
+        skip_tags=",".join(options.skip_tags) or None,
         envvars=_envvars(project),
         verbosity=options.verbosity or None,
         suppress_env_files=True,

@@ -1,4 +1,4 @@
-"""`python -m runner`: bootstrap, plan, status, down and train the mlops-lab platform.
+"""`python -m runner`: bootstrap, plan, render, status, down and train the mlops-lab platform.
 
 Exit codes: 0 ok, 1 a stage (or the run) failed, 2 usage error, 3 training rejected by the gate,
 130 interrupted.
@@ -24,6 +24,8 @@ from runner.health import endpoints_file, probe_endpoints, read_endpoints
 from runner.inventory import Inventory, InventoryError, load_inventory
 from runner.paths import local_home, project_dir, runs_dir
 from runner.progress import Progress, summary_table
+from runner.render import RenderError, prepare_out_dir
+from runner.render import render as render_layer
 from runner.results import StageRun
 from runner.stages import STAGE_NAMES, Stage, StageSelectionError, select_stages
 from runner.summary import RunSummary, read_last_summary, write_summary
@@ -235,6 +237,31 @@ def down(
     inv = _load(path, None)
     options = RunOptions(inventory=path, vault_password_file=vault_password_file, verbosity=verbose)
     raise typer.Exit(_run([DOWN_STAGE], inv, options, []))
+
+
+@app.command()
+def render(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write to (new or empty).")],
+    inventory: InventoryOption = Path("inventories/local"),
+    verbose: VerboseOption = 0,
+) -> None:
+    """Write every manifest and Helm values file the cluster and platform stages would apply.
+
+    No cluster and no secret: Secret data are placeholders naming their variables.
+    """
+    path = _resolve_inventory(inventory)
+    inv = _load(path, None)
+    try:
+        target = prepare_out_dir(out)
+    except RenderError as exc:
+        raise _usage_error(str(exc)) from exc
+    result = render_layer(inv, target, project_dir(), _new_run_dir(), console, verbose)
+    if result.exit_code == EXIT_OK and result.files:
+        console.print(f"\nwrote {len(result.files)} files to {target}:")
+        for file in result.files:
+            console.print(f"  {file.relative_to(target)}")
+        console.print("Secret data are placeholders, PLACEHOLDER(<variable>): no secret was read or written.")
+    raise typer.Exit(result.exit_code)
 
 
 def _local_airflow_url() -> str | None:

@@ -7,6 +7,10 @@
   nothing, and no secret value appears in any Ansible output (run with -v and --diff).
 - charts/serving is installed as a Helm release through the Helm SDK (no wait: the harness has
   no scheduler or kubelet, so pods stay Pending).
+- The release watch (mlopslab.platform.k8s_release_watch, the module the release path follows a
+  release with) against the API server: a Deployment whose pod reports ImagePullBackOff (the pod
+  status is written as kubelet would) fails within seconds, naming the release and the pod, with
+  the container state and the events in the error; the same Deployment whose pod is Ready passes.
 - The harness server is Kubernetes 1.20: it lacks autoscaling/v2 and policy/v1, so serving's
   HorizontalPodAutoscaler and PodDisruptionBudget are validated by schema only (Kubernetes 1.30
   schemas, tests/test_k8s_render.py); the install test says so with a warning.
@@ -15,7 +19,9 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import sys
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -45,6 +51,7 @@ CANARIES = {
     "vault_airflow_fernet_key": f"Cnry-{SUFFIX}-fernet",
     "vault_airflow_api_secret_key": f"Cnry-{SUFFIX}-api",
     "vault_airflow_jwt_secret": f"Cnry-{SUFFIX}-jwt",
+    "vault_airflow_admin_password": f"Cnry-{SUFFIX}-admin",
     "vault_airflow_git_ssh_private_key": (
         f"-----BEGIN OPENSSH PRIVATE KEY-----\nCnry-{SUFFIX}-ssh\n-----END OPENSSH PRIVATE KEY-----"
     ),
@@ -156,6 +163,9 @@ def test_secrets_and_configmap_hold_exactly_the_expected_keys_and_values(
     }
     assert _decoded(core.read_namespaced_secret("airflow-jwt-secret", NS_TRAINING)) == {
         "jwt-secret": CANARIES["vault_airflow_jwt_secret"]
+    }
+    assert _decoded(core.read_namespaced_secret("airflow-admin-password", NS_TRAINING)) == {
+        "password": CANARIES["vault_airflow_admin_password"]
     }
     assert _decoded(core.read_namespaced_secret("airflow-git-ssh-secret", NS_TRAINING)) == {
         "gitSshKey": CANARIES["vault_airflow_git_ssh_private_key"] + "\n"
@@ -283,3 +293,156 @@ def test_serving_chart_installs_as_a_helm_release(kube_apiserver: KubeApiserver,
     finally:
         cfg.uninstall("iris-serving")
         core.delete_namespace(ns)
+
+
+# --- the release watch -------------------------------------------------------------------------
+
+
+def _watch_play(api: KubeApiserver, tmp: Path, namespace: str, selector: str) -> tuple[int, str]:
+    playbook = tmp / "watch.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "Watch",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "module_defaults": {"group/mlopslab.platform.k8s": {"kubeconfig": str(api.kubeconfig)}},
+                    "tasks": [
+                        {
+                            "name": "Wait for the release",
+                            "mlopslab.platform.k8s_release_watch": {
+                                "release": "demo",
+                                "namespace": namespace,
+                                "selector": selector,
+                                "timeout": "90s",
+                                "interval": 1,
+                                "fail_fast_after": 3,
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    output = run_playbook(
+        [str(playbook), "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}"],
+        ansible_env(),
+        check=False,
+    )
+    return (0 if recap(output).get("localhost", {}).get("failed", 1) == 0 else 1), output
+
+
+def _deployment_with_a_pod(api: KubeApiserver, namespace: str, name: str) -> client.V1Pod:
+    """A Deployment and the pod kubelet would run for it (created here: the harness has no scheduler)."""
+    labels = {"app.kubernetes.io/instance": name}
+    container = client.V1Container(name="app", image=f"localhost/{name}:1")
+    with api.api_client() as c:
+        apps, core = client.AppsV1Api(c), client.CoreV1Api(c)
+        apps.create_namespaced_deployment(
+            namespace,
+            client.V1Deployment(
+                metadata=client.V1ObjectMeta(name=name, labels=labels),
+                spec=client.V1DeploymentSpec(
+                    replicas=0,
+                    selector=client.V1LabelSelector(match_labels=labels),
+                    template=client.V1PodTemplateSpec(
+                        metadata=client.V1ObjectMeta(labels=labels), spec=client.V1PodSpec(containers=[container])
+                    ),
+                ),
+            ),
+        )
+        return core.create_namespaced_pod(
+            namespace,
+            client.V1Pod(
+                metadata=client.V1ObjectMeta(name=f"{name}-pod", labels=labels),
+                spec=client.V1PodSpec(containers=[container], node_name="node-1"),
+            ),
+        )
+
+
+def _set_pod_status(api: KubeApiserver, namespace: str, pod: str, status: dict[str, Any]) -> None:
+    with api.api_client() as c:
+        client.CoreV1Api(c).patch_namespaced_pod_status(pod, namespace, {"status": status})
+
+
+def test_the_release_watch_fails_fast_on_an_image_pull_and_shows_why(
+    kube_apiserver: KubeApiserver, tmp_path: Path
+) -> None:
+    ns = kube_apiserver.create_namespace("watch")
+    pod = _deployment_with_a_pod(kube_apiserver, ns, "pulls")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _set_pod_status(
+        kube_apiserver,
+        ns,
+        pod.metadata.name,
+        {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "image": "localhost/pulls:1",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "localhost/pulls:1"',
+                        }
+                    },
+                }
+            ],
+        },
+    )
+    with kube_apiserver.api_client() as c:
+        client.CoreV1Api(c).create_namespaced_event(
+            ns,
+            {
+                "metadata": {"name": f"pulls-{SUFFIX}"},
+                "involvedObject": {"kind": "Pod", "name": pod.metadata.name, "namespace": ns},
+                "reason": "Failed",
+                "message": 'Failed to pull image "localhost/pulls:1": dial tcp [::1]:443: connect: connection refused',
+                "type": "Warning",
+                "count": 4,
+                "lastTimestamp": now,
+                "firstTimestamp": now,
+                "source": {"component": "kubelet"},
+            },
+        )
+    rc, output = _watch_play(kube_apiserver, tmp_path, ns, "app.kubernetes.io/instance=pulls")
+    said = " ".join(output.split())
+    assert rc != 0, output
+    assert f"release demo (namespace {ns}) cannot come up: pod {pod.metadata.name}" in said
+    assert "ImagePullBackOff" in said
+    assert "Back-off pulling image" in said
+    assert "Failed to pull image" in said
+    assert "not up after 90" not in said, "it must fail fast, not at the timeout"
+
+
+def test_the_release_watch_passes_a_release_whose_pods_are_ready(kube_apiserver: KubeApiserver, tmp_path: Path) -> None:
+    ns = kube_apiserver.create_namespace("watch")
+    pod = _deployment_with_a_pod(kube_apiserver, ns, "ready")
+    _set_pod_status(
+        kube_apiserver,
+        ns,
+        pod.metadata.name,
+        {
+            "phase": "Running",
+            "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "image": "localhost/ready:1",
+                    "imageID": "",
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {}},
+                }
+            ],
+        },
+    )
+    rc, output = _watch_play(kube_apiserver, tmp_path, ns, "app.kubernetes.io/instance=ready")
+    assert rc == 0, output

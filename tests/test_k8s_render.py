@@ -1,21 +1,30 @@
-"""The Kubernetes layer, rendered offline and validated (no cluster needed).
+"""The Kubernetes layer as `python -m runner render` writes it for the lab inventory (no cluster).
 
-Every manifest template of the k8s_namespaces / k8s_secrets / k8s_log_volume roles and every
-Helm values file of the release roles is rendered by Ansible itself with the lab inventory's
-wiring (tests/playbooks/render_k8s_layer.yml), then:
+`runner render` runs the cluster and platform stages' own playbooks with the roles in render-only
+mode, so what is checked here is what the stages would apply:
 - manifests validate strictly against the Kubernetes 1.30 schemas (kubernetes-validate);
-- charts/serving, rendered by the real Helm engine (helm-python-sdk) with the role's values,
+- charts/serving, rendered by the real Helm engine (helm-python-sdk) with the release's values,
   validates the same way;
 - Airflow and MLflow values, merged with the pinned charts' defaults, validate against the charts'
   values.schema.json (plus a top-level key check for Airflow); ingress-nginx values use only key
-  paths its values.yaml has;
-- no secret value reaches a values file.
+  paths its values.yaml has (the pinned charts' files come from tests/support/chart_data.py);
+- no secret is read or written: the inventory copy has a vault full of canaries, and every
+  Secret value is PLACEHOLDER(<variable>);
+- the invariants of a release that can come up on a real cluster (issue "Lab releases that come
+  up"): no hook-driven Job under a waiting install, no image a node cannot pull, no stock Airflow
+  image for the pipeline's task pods, no admin password from defaults or in values, a Helm version
+  window kubernetes.core supports, a serving install that does not need a model.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -24,21 +33,21 @@ import helm_python as helm
 import pytest
 import yaml
 
+from tests.support.chart_data import CHARTS, chart_dir
 from tests.support.k8s_layer import (
     REPO_ROOT,
+    ROLES_DIR,
     SERVING_CHART,
-    ansible_env,
-    chart_schemas_dir,
+    chart_defaults,
+    helm_merge,
     ingress_nginx_unknown_paths,
     load_yaml,
     manifests,
-    run_playbook,
     schema_errors,
     validate_manifest,
 )
 
-# Secrets of the render: every one must land in its Secret and nowhere else. The Airflow
-# password carries the characters that break an unencoded URI.
+# A vault with a value for every secret of the lab: render must read none of them.
 CANARIES = {
     "vault_airflow_db_password": "p@ss:w/rd%?#cAnary-af-db",
     "vault_mlflow_db_password": "cAnary-mlflow-db",
@@ -47,57 +56,69 @@ CANARIES = {
     "vault_airflow_fernet_key": "cAnary-fernet-key=",
     "vault_airflow_api_secret_key": "cAnary-api-secret",
     "vault_airflow_jwt_secret": "cAnary-jwt-secret",
+    "vault_airflow_admin_password": "cAnary-admin-password",
     "vault_airflow_git_ssh_private_key": (
         "-----BEGIN OPENSSH PRIVATE KEY-----\ncAnary-ssh-key\n-----END OPENSSH PRIVATE KEY-----"
     ),
     "vault_serving_reload_token": "cAnary-reload-token-0123456789",
 }
+STOCK_AIRFLOW = {"apache/airflow", "docker.io/apache/airflow", "index.docker.io/apache/airflow"}
+
+
+@dataclass
+class Render:
+    out: Path
+    output: str
+
+
+def _runner(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "MLOPSLAB_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _chart_schemas_present() -> None:
-    # shared/ sits beside the repository (CI clones it there); a missing copy is an error, not a skip
-    assert (chart_schemas_dir() / "airflow" / "values.schema.json").is_file(), (
-        f"chart schemas not found at {chart_schemas_dir()}: put shared/ beside the repository "
-        "or set MLOPSLAB_CHART_SCHEMAS"
-    )
+def _pinned_charts() -> None:
+    # the chart data this module checks against: a missing source is an error that says how to fix it
+    for name in CHARTS:
+        chart_dir(name)
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("k8s-render")
-    (out / "manifests").mkdir()
-    extra: dict[str, Any] = {
-        "render_dir": str(out),
-        "serving_release_chart_ref": str(SERVING_CHART),
-        "mlopslab_airflow_dags_repo": "git@git.example.invalid:lab/mlops-dags.git",
-        **{
-            f"{r}_values_dir": str(out / "values")
-            for r in ("ingress_nginx_release", "mlflow_release", "airflow_release", "serving_release")
-        },
-        **CANARIES,
-    }
-    extra_file = out / "extra.json"
-    extra_file.write_text(json.dumps(extra))
-    output = run_playbook(
-        ["tests/playbooks/render_k8s_layer.yml", "-i", "inventories/lab", "-e", f"@{extra_file}"], ansible_env()
-    )
-    for value in CANARIES.values():
-        for line in value.splitlines():
-            assert line not in output, "a secret value reached the Ansible output"
-    extra_file.unlink()
-    return out
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Render:
+    tmp = tmp_path_factory.mktemp("k8s-render")
+    inventory = tmp / "lab"
+    shutil.copytree(REPO_ROOT / "inventories" / "lab", inventory)
+    vault = inventory / "group_vars" / "all" / "vault.yml"
+    vault.write_text(yaml.safe_dump(CANARIES))
+    vault.chmod(0o600)
+    proc = _runner("render", "-i", str(inventory), "--out", str(tmp / "out"), state=tmp / "state")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return Render(tmp / "out", output)
 
 
-def _docs(rendered: Path) -> list[dict[str, Any]]:
+def _docs(rendered: Render) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
-    for path in sorted((rendered / "manifests").glob("*.yml")):
+    for path in sorted((rendered.out / "manifests").glob("*.yml")):
         docs += manifests(path.read_text())
     return docs
 
 
-def _values(rendered: Path, release: str) -> dict[str, Any]:
-    data = load_yaml(rendered / "values" / f"{release}.values.yml")
+def _values(rendered: Render, release: str) -> dict[str, Any]:
+    data = load_yaml(rendered.out / "values" / f"{release}.values.yml")
+    assert isinstance(data, dict)
+    return data
+
+
+def _release(rendered: Render, release: str) -> dict[str, Any]:
+    data = load_yaml(rendered.out / "releases" / f"{release}.yml")
     assert isinstance(data, dict)
     return data
 
@@ -114,10 +135,70 @@ def _secret_data(doc: dict[str, Any]) -> dict[str, str]:
     return data
 
 
+def _placeholder(variable: str) -> str:
+    return f"PLACEHOLDER({variable})"
+
+
+# --- the render command --------------------------------------------------------------------------
+
+
+def test_render_writes_every_manifest_values_file_and_release(rendered: Render) -> None:
+    files = sorted(str(p.relative_to(rendered.out)) for p in rendered.out.rglob("*") if p.is_file())
+    assert files == [
+        "README.md",
+        "manifests/log-volume.yml",
+        "manifests/namespaces.yml",
+        "manifests/secrets-airflow.yml",
+        "manifests/secrets-mlflow.yml",
+        "manifests/secrets-serving.yml",
+        "releases/airflow.yml",
+        "releases/ingress-nginx.yml",
+        "releases/iris-serving.yml",
+        "releases/mlflow.yml",
+        "values/airflow.values.yml",
+        "values/ingress-nginx.values.yml",
+        "values/iris-serving.values.yml",
+        "values/mlflow.values.yml",
+    ]
+    # the output says that Secret data are placeholders, on the terminal and beside the files
+    assert "Secret data are placeholders" in rendered.output
+    assert "Secret data are placeholders" in (rendered.out / "README.md").read_text()
+
+
+def test_render_reads_no_secret_and_writes_none(rendered: Render) -> None:
+    texts = [rendered.output] + [p.read_text() for p in rendered.out.rglob("*") if p.is_file()]
+    for value in CANARIES.values():
+        for line in value.splitlines():
+            if "-----" in line:
+                continue
+            assert not any(line in text for text in texts), "a vault value reached the render"
+    for path in sorted((rendered.out / "values").glob("*.values.yml")):
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert "PLACEHOLDER" not in path.read_text(), f"{path.name} refers to a secret value"
+
+
+def test_render_of_an_inventory_without_a_cluster_writes_nothing(tmp_path: Path) -> None:
+    proc = _runner("render", "-i", "inventories/local", "--out", str(tmp_path / "out"), state=tmp_path / "state")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = " ".join(proc.stdout.split())
+    assert "has no k8s_control hosts" in said
+    assert "nothing to render; nothing written" in said
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine\n")
+    proc = _runner("render", "-i", "inventories/lab", "--out", str(tmp_path / "out"), state=tmp_path / "state")
+    assert proc.returncode == 2
+    assert "not an empty directory" in proc.stdout
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine\n"
+
+
 # --- role manifests ---------------------------------------------------------------------------
 
 
-def test_every_role_manifest_validates_against_kubernetes_1_30(rendered: Path) -> None:
+def test_every_role_manifest_validates_against_kubernetes_1_30(rendered: Render) -> None:
     docs = _docs(rendered)
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == ["ConfigMap", "LimitRange", "Namespace", "PersistentVolume", "PersistentVolumeClaim", "Secret"]
@@ -125,14 +206,14 @@ def test_every_role_manifest_validates_against_kubernetes_1_30(rendered: Path) -
         validate_manifest(doc)
 
 
-def test_strict_validation_rejects_a_misspelled_field(rendered: Path) -> None:
+def test_strict_validation_rejects_a_misspelled_field(rendered: Render) -> None:
     pvc = _find(_docs(rendered), "PersistentVolumeClaim", "airflow-logs-pvc")
     pvc["spec"]["acessModes"] = pvc["spec"].pop("accessModes")
     with pytest.raises(Exception, match="acessModes"):
         validate_manifest(pvc)
 
 
-def test_namespaces_of_the_seed_split_each_with_a_limit_range(rendered: Path) -> None:
+def test_namespaces_of_the_seed_split_each_with_a_limit_range(rendered: Render) -> None:
     docs = _docs(rendered)
     names = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Namespace")
     assert names == ["ingress-nginx", "mlops-serving", "mlops-training"]
@@ -145,7 +226,7 @@ def test_namespaces_of_the_seed_split_each_with_a_limit_range(rendered: Path) ->
         assert limit["defaultRequest"]
 
 
-def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> None:
+def test_secrets_have_the_seed_keys_and_placeholders_naming_their_variables(rendered: Render) -> None:
     docs = _docs(rendered)
     by_ns = {
         (d["kind"], d["metadata"]["namespace"], d["metadata"]["name"])
@@ -162,21 +243,21 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
         ("Secret", "mlops-training", "airflow-api-secret-key"),
         ("Secret", "mlops-training", "airflow-jwt-secret"),
         ("Secret", "mlops-training", "airflow-git-ssh-secret"),
+        ("Secret", "mlops-training", "airflow-admin-password"),
         ("Secret", "mlops-serving", "aws-credentials-secret"),
         ("Secret", "mlops-serving", "serving-reload-token"),
         ("Secret", "mlops-training", "airflow-serving-reload-token"),
     }
-    env_forms = [d for d in docs if d["metadata"]["name"] == "aws-credentials-secret"]
-    for doc in env_forms:
+    for doc in (d for d in docs if d["metadata"]["name"] == "aws-credentials-secret"):
         assert _secret_data(doc) == {
-            "AWS_ACCESS_KEY_ID": CANARIES["vault_aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": CANARIES["vault_aws_secret_access_key"],
+            "AWS_ACCESS_KEY_ID": _placeholder("k8s_secrets_aws_access_key_id"),
+            "AWS_SECRET_ACCESS_KEY": _placeholder("k8s_secrets_aws_secret_access_key"),
             "AWS_DEFAULT_REGION": "ap-northeast-2",
             "MLFLOW_S3_ENDPOINT_URL": "https://s3.ap-northeast-2.amazonaws.com",
         }
     assert _secret_data(_find(docs, "Secret", "mlflow-db-secret")) == {
         "username": "mlflow_user",
-        "password": CANARIES["vault_mlflow_db_password"],
+        "password": _placeholder("k8s_secrets_mlflow_db_password"),
     }
     assert _find(docs, "ConfigMap", "mlflow-db-config")["data"] == {
         "host": "192.168.18.142",
@@ -186,48 +267,38 @@ def test_secrets_and_configmap_have_the_seed_keys_and_values(rendered: Path) -> 
     creds = _secret_data(_find(docs, "Secret", "airflow-aws-credentials"))["credentials"]
     assert creds.splitlines() == [
         "[default]",
-        f"aws_access_key_id = {CANARIES['vault_aws_access_key_id']}",
-        f"aws_secret_access_key = {CANARIES['vault_aws_secret_access_key']}",
+        f"aws_access_key_id = {_placeholder('k8s_secrets_aws_access_key_id')}",
+        f"aws_secret_access_key = {_placeholder('k8s_secrets_aws_secret_access_key')}",
         "region = ap-northeast-2",
     ]
-    assert _secret_data(_find(docs, "Secret", "airflow-fernet-key")) == {
-        "fernet-key": CANARIES["vault_airflow_fernet_key"]
+    simple = {
+        "airflow-fernet-key": ("fernet-key", "k8s_secrets_airflow_fernet_key"),
+        "airflow-api-secret-key": ("api-secret-key", "k8s_secrets_airflow_api_secret_key"),
+        "airflow-jwt-secret": ("jwt-secret", "k8s_secrets_airflow_jwt_secret"),
+        "airflow-admin-password": ("password", "k8s_secrets_airflow_admin_password"),
+        "serving-reload-token": ("token", "k8s_secrets_serving_reload_token"),
+        "airflow-serving-reload-token": ("token", "k8s_secrets_serving_reload_token"),
     }
-    assert _secret_data(_find(docs, "Secret", "airflow-api-secret-key")) == {
-        "api-secret-key": CANARIES["vault_airflow_api_secret_key"]
-    }
-    # the chart reads key jwt-secret (base64 in data = the raw value in stringData)
-    assert _secret_data(_find(docs, "Secret", "airflow-jwt-secret")) == {
-        "jwt-secret": CANARIES["vault_airflow_jwt_secret"]
-    }
+    for name, (key, variable) in simple.items():
+        assert _secret_data(_find(docs, "Secret", name)) == {key: _placeholder(variable)}, name
     ssh = _secret_data(_find(docs, "Secret", "airflow-git-ssh-secret"))["gitSshKey"]
-    assert ssh == CANARIES["vault_airflow_git_ssh_private_key"] + "\n"
-    assert _secret_data(_find(docs, "Secret", "serving-reload-token")) == {
-        "token": CANARIES["vault_serving_reload_token"]
-    }
-    # the same token where Airflow's task pods can read it (their own namespace)
-    assert _secret_data(_find(docs, "Secret", "airflow-serving-reload-token")) == {
-        "token": CANARIES["vault_serving_reload_token"]
-    }
+    assert ssh == _placeholder("k8s_secrets_airflow_git_ssh_private_key") + "\n"
 
 
-def test_airflow_metadata_uri_survives_reserved_characters_in_the_password(rendered: Path) -> None:
+def test_airflow_metadata_uri_encodes_the_password(rendered: Render) -> None:
     uri = _secret_data(_find(_docs(rendered), "Secret", "airflow-db-secret"))["connection"]
     parts = urlsplit(uri)
     assert parts.scheme == "postgresql+psycopg2"
-    assert parts.hostname == "192.168.18.142"
-    assert parts.port == 5432
-    assert parts.path == "/airflow_db"
+    assert (parts.hostname, parts.port, parts.path) == ("192.168.18.142", 5432, "/airflow_db")
     assert unquote(parts.username or "") == "airflow_user"
-    assert unquote(parts.password or "") == CANARIES["vault_airflow_db_password"]
-    # SQLAlchemy (what Airflow uses) reads it back the same way
+    # the placeholder's parentheses are percent-encoded like any reserved character of a password
+    assert "(" not in (parts.password or "")
+    assert unquote(parts.password or "") == _placeholder("k8s_secrets_airflow_db_password")
     sqlalchemy = pytest.importorskip("sqlalchemy")
-    url = sqlalchemy.engine.make_url(uri)
-    assert url.password == CANARIES["vault_airflow_db_password"]
-    assert (url.host, url.port, url.database) == ("192.168.18.142", 5432, "airflow_db")
+    assert sqlalchemy.engine.make_url(uri).password == _placeholder("k8s_secrets_airflow_db_password")
 
 
-def test_log_volume_is_the_seeds_statically_bound_nfs_claim(rendered: Path) -> None:
+def test_log_volume_is_the_seeds_statically_bound_nfs_claim(rendered: Render) -> None:
     docs = _docs(rendered)
     pv = _find(docs, "PersistentVolume", "airflow-logs-pv")
     pvc = _find(docs, "PersistentVolumeClaim", "airflow-logs-pvc")
@@ -243,23 +314,7 @@ def test_log_volume_is_the_seeds_statically_bound_nfs_claim(rendered: Path) -> N
 # --- Helm values --------------------------------------------------------------------------------
 
 
-def test_no_secret_value_in_any_values_file(rendered: Path) -> None:
-    files = sorted((rendered / "values").glob("*.values.yml"))
-    assert [f.name for f in files] == [
-        "airflow.values.yml",
-        "ingress-nginx.values.yml",
-        "iris-serving.values.yml",
-        "mlflow.values.yml",
-    ]
-    for f in files:
-        text = f.read_text()
-        assert oct(f.stat().st_mode & 0o777) == "0o600"
-        for value in CANARIES.values():
-            for line in value.splitlines():
-                assert line not in text, f"a secret reached {f.name}"
-
-
-def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> None:
+def test_airflow_values_validate_against_the_pinned_chart(rendered: Render) -> None:
     values = _values(rendered, "airflow")
     assert schema_errors("airflow", values) == []
     assert values["executor"] == "KubernetesExecutor"
@@ -270,7 +325,6 @@ def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> Non
     # a fixed JWT secret by name (else the chart makes a new one on every upgrade), never the value
     assert values["jwtSecretName"] == "airflow-jwt-secret"
     assert "jwtSecret" not in values
-    assert CANARIES["vault_airflow_jwt_secret"] not in (rendered / "values" / "airflow.values.yml").read_text()
     git = values["dags"]["gitSync"]
     assert git["enabled"]
     assert git["sshKeySecret"] == "airflow-git-ssh-secret"
@@ -290,10 +344,10 @@ def test_airflow_values_validate_against_the_pinned_chart(rendered: Path) -> Non
         assert section["resources"]["limits"]
 
 
-def test_airflow_values_give_the_dags_their_environment(rendered: Path) -> None:
+def test_airflow_values_give_the_dags_their_environment(rendered: Render) -> None:
     values = _values(rendered, "airflow")
     # the chart's top-level env/secret lists: every Airflow container, the KubernetesExecutor pod
-    # template (task pods) included; the flat list is what the pinned schema accepts
+    # template (task pods) included; an empty setting is left out, not set to ""
     env = {e["name"]: e["value"] for e in values["env"]}
     assert env == {
         "AWS_DEFAULT_REGION": "ap-northeast-2",
@@ -311,9 +365,6 @@ def test_airflow_values_give_the_dags_their_environment(rendered: Path) -> None:
             "secretKey": "token",
         }
     ]
-    assert "MLOPSLAB_SERVING_RELOAD_TOKEN" not in env
-    text = (rendered / "values" / "airflow.values.yml").read_text()
-    assert CANARIES["vault_serving_reload_token"] not in text
     # the URLs point at the Services the other releases create
     mlflow = _values(rendered, "mlflow")
     assert env["MLFLOW_TRACKING_URI"] == (
@@ -323,12 +374,10 @@ def test_airflow_values_give_the_dags_their_environment(rendered: Path) -> None:
     svc = _find(serving, "Service", "iris-serving")
     assert svc["spec"]["ports"][0]["port"] == 80
     assert env["MLOPSLAB_SERVING_URL"] == f"http://{svc['metadata']['name']}.mlops-serving.svc.cluster.local"
-    # what the KubernetesExecutor pods get is checked against the schema of the whole values
-    assert schema_errors("airflow", values) == []
     assert schema_errors("airflow", {"secret": [{"envName": "X", "secretName": "s", "key": "k"}]}) != []
 
 
-def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None:
+def test_mlflow_values_validate_against_the_pinned_chart(rendered: Render) -> None:
     values = _values(rendered, "mlflow")
     assert schema_errors("mlflow", values) == []
     store = values["backendStore"]
@@ -346,14 +395,14 @@ def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None
     assert art["s3"]["bucket"] == "mlflow-artifacts-keonho"
     assert art["s3"]["existingSecret"]["name"] == "aws-credentials-secret"
     assert "awsAccessKeyId" not in art["s3"]
-    assert "awsSecretAccessKey" not in art["s3"]
     assert values["ingress"]["hosts"][0]["host"] == "mlflow.local"
-    assert values["image"]["tag"] == "3.15.1"
-    mlflow_pin = load_yaml(chart_schemas_dir() / "mlflow" / "Chart.yaml")["appVersion"]
+    assert "mlflow.mlops-training.svc.cluster.local:5000" in values["serverAllowedHosts"]
+    assert "mlflow.local" in values["serverAllowedHosts"]
+    mlflow_pin = load_yaml(chart_dir("mlflow") / "Chart.yaml")["appVersion"]
     assert values["image"]["tag"] == str(mlflow_pin)
 
 
-def test_ingress_nginx_release_values_use_only_keys_of_the_pinned_chart(rendered: Path) -> None:
+def test_ingress_nginx_release_values_use_only_keys_of_the_pinned_chart(rendered: Render) -> None:
     values = _values(rendered, "ingress-nginx")
     assert ingress_nginx_unknown_paths(values) == []
     controller = values["controller"]
@@ -385,6 +434,155 @@ def test_ingress_nginx_release_check_fails_on_a_misspelled_key() -> None:
     assert ingress_nginx_unknown_paths({"controller": {"config": {"any-key": "x"}}}) == []
 
 
+# --- invariants of releases that come up on a real cluster --------------------------------------
+
+
+def _hook_switches(values: Any, path: str = "") -> list[tuple[str, Any]]:
+    """(path, useHelmHooks) for every section that can turn a resource into a Helm hook."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(values, dict):
+        if "useHelmHooks" in values and values.get("enabled", True) is not False:
+            found.append((path, values["useHelmHooks"]))
+        for key, value in values.items():
+            found += _hook_switches(value, f"{path}.{key}" if path else str(key))
+    return found
+
+
+def test_no_hook_driven_job_under_a_waiting_install(rendered: Render) -> None:
+    airflow = helm_merge(chart_defaults("airflow"), _values(rendered, "airflow"))
+    switches = dict(_hook_switches(airflow))
+    # the chart makes both Jobs post-install hooks by default, which its pods' init containers
+    # wait for: they must be plain resources (the chart's documented way for a waiting install)
+    assert chart_defaults("airflow")["migrateDatabaseJob"]["useHelmHooks"] is True
+    assert switches["migrateDatabaseJob"] is False
+    assert switches["createUserJob"] is False
+    assert [path for path, on in switches.items() if on is not False] == []
+    for name in ("airflow", "mlflow"):
+        merged = helm_merge(chart_defaults(name), _values(rendered, name))
+        assert [p for p, on in _hook_switches(merged) if on is not False] == [], name
+    for release in ("airflow", "ingress-nginx", "iris-serving", "mlflow"):
+        install = _release(rendered, release)["install"]
+        # Helm itself never waits; the watch does, and fails fast on broken pods
+        assert (install["helm_wait"], install["helm_atomic"]) == (False, False)
+        assert install["rollback_on_failure"] is True
+    # the Jobs are Airflow pods too: the watch sees their crashes, and an upgrade replaces them
+    # (a Job's pod template is immutable)
+    install = _release(rendered, "airflow")["install"]
+    assert install["watch"]["selector"] == "release=airflow"
+    (jobs,) = install["replace_finished_jobs_on_upgrade"]
+    assert "run-airflow-migrations" in jobs
+    assert "create-user-job" in jobs
+    assert airflow["migrateDatabaseJob"]["applyCustomEnv"] is False
+
+
+def _image_refs(values: Any) -> list[str]:
+    """repository:tag of every image section in a values tree."""
+    refs: list[str] = []
+    if isinstance(values, dict):
+        if isinstance(values.get("repository"), str) and "tag" in values and values["tag"]:
+            refs.append(f"{values['repository']}:{values['tag']}")
+        for value in values.values():
+            refs += _image_refs(value)
+    return refs
+
+
+def test_no_image_reference_a_node_cannot_pull(rendered: Render) -> None:
+    loaded_into_nodes = bool(
+        (load_yaml(REPO_ROOT / "inventories/lab/group_vars/all/main.yml") or {}).get(
+            "mlopslab_images_loaded_into_nodes", False
+        )
+    )
+    releases = ["airflow", "ingress-nginx", "iris-serving", "mlflow"]
+    images = [image for name in releases for image in _release(rendered, name)["images"]]
+    values_images = _image_refs(_values(rendered, "mlflow")) + _image_refs(_values(rendered, "iris-serving"))
+    values_images += _image_refs(_values(rendered, "airflow")["images"])
+    assert set(values_images) <= set(images), "the release descriptions list every image the values set"
+    for image in images:
+        assert ":" in image.rsplit("/", 1)[-1], f"{image}: no tag"
+        if not loaded_into_nodes:
+            # containerd on a node takes localhost/ for a registry on the node itself
+            assert not image.startswith("localhost/"), f"{image}: a node cannot pull a localhost/ image"
+    # the serving chart renders exactly the image its release lists
+    deploy = _find(_render_serving(_values(rendered, "iris-serving")), "Deployment", "iris-serving")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["image"] in _release(rendered, "iris-serving")["images"]
+
+
+def test_no_stock_airflow_image_for_task_pods_while_the_pipeline_dags_are_deployed(rendered: Render) -> None:
+    values = helm_merge(chart_defaults("airflow"), _values(rendered, "airflow"))
+    env = {e["name"] for e in values["env"]}
+    # the pipeline DAGs are deployed: gitSync brings them, their configuration is in the environment
+    assert values["dags"]["gitSync"]["enabled"]
+    assert "MLOPSLAB_MODEL_NAME" in env
+    # KubernetesExecutor task pods run images.pod_template, else defaultAirflowRepository/Tag
+    # (not images.airflow): every one of them must carry the DAGs' dependencies
+    task_image = values["images"]["pod_template"]["repository"] or values["defaultAirflowRepository"]
+    for repository in (task_image, values["defaultAirflowRepository"], values["images"]["airflow"]["repository"]):
+        assert repository not in STOCK_AIRFLOW, f"{repository}: the stock image has neither mlflow nor scikit-learn"
+
+
+def test_no_admin_password_from_defaults_or_in_values(rendered: Render) -> None:
+    chart = chart_defaults("airflow")
+    assert chart["createUserJob"]["defaultUser"]["password"] == "admin", "the chart's default this guards against"
+    text = (rendered.out / "values" / "airflow.values.yml").read_text()
+    values = helm_merge(chart, _values(rendered, "airflow"))
+    job = values["createUserJob"]
+    args = " ".join(job["args"])
+    # the chart's args pass defaultUser.password with -p; the release's read the Secret instead
+    assert "-p" not in job["args"]
+    assert "defaultUser.password" not in args
+    assert '--password "${MLOPSLAB_AIRFLOW_ADMIN_PASSWORD' in args
+    (env,) = [e for e in job["env"] if e["name"] == "MLOPSLAB_AIRFLOW_ADMIN_PASSWORD"]
+    assert env["valueFrom"] == {"secretKeyRef": {"name": "airflow-admin-password", "key": "password"}}
+    assert "admin/admin" not in text
+    assert job["defaultUser"]["password"] != "admin"
+    secret = _secret_data(_find(_docs(rendered), "Secret", "airflow-admin-password"))
+    assert secret == {"password": _placeholder("k8s_secrets_airflow_admin_password")}
+    # the password is a vault secret: required, no default, no_log; the release role has none
+    spec = load_yaml(ROLES_DIR / "k8s_secrets" / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    option = spec["k8s_secrets_airflow_admin_password"]
+    assert (option.get("required"), option.get("no_log"), "default" in option) == (True, True, False)
+    release = load_yaml(ROLES_DIR / "airflow_release" / "defaults" / "main.yml")
+    assert not [name for name in release if "password" in name and not name.endswith(("_name", "_key"))]
+
+
+def _kubernetes_core_version() -> tuple[int, ...]:
+    import ansible_collections.kubernetes.core as core  # the bundled collection kubernetes.core.helm runs
+
+    manifest = json.loads((Path(next(iter(core.__path__))) / "MANIFEST.json").read_text())
+    return tuple(int(part) for part in manifest["collection_info"]["version"].split("."))
+
+
+def test_the_helm_version_window_is_one_kubernetes_core_supports() -> None:
+    defaults = load_yaml(ROLES_DIR / "helm_binary" / "defaults" / "main.yml")
+    low = tuple(int(p) for p in str(defaults["helm_binary_min_version"]).split("."))
+    high = tuple(int(p) for p in str(defaults["helm_binary_max_version"]).split("."))
+    pinned = tuple(int(p) for p in str(defaults["helm_binary_version"]).lstrip("v").split("."))
+    assert low <= pinned < high
+    # the Airflow chart 1.22.0 needs Helm 3.19; kubernetes.core < 6.4 breaks on Helm 4 (kubernetes.core#1038)
+    assert low >= (3, 19, 0)
+    if _kubernetes_core_version() < (6, 4):
+        assert high <= (4, 0, 0), "kubernetes.core before 6.4 does not support Helm 4"
+
+
+def test_serving_install_does_not_depend_on_a_model_existing(rendered: Render) -> None:
+    watch = _release(rendered, "iris-serving")["install"]["watch"]
+    # started containers, not Ready pods: Ready (/readyz) means a model is loaded
+    assert watch["wait_for"] == "started"
+    deploy = _find(_render_serving(_values(rendered, "iris-serving")), "Deployment", "iris-serving")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # the releases are steps of one play, in order: a first-champion step fits between airflow
+    # and serving (or after serving, waiting for Ready)
+    (play,) = [p for p in load_yaml(REPO_ROOT / "playbooks" / "platform.yml") if p["hosts"] == "k8s_control"]
+    roles = [r["role"].rsplit(".", 1)[-1] for r in play["roles"]]
+    assert roles.index("mlflow_release") < roles.index("airflow_release") < roles.index("serving_release")
+    for name in ("mlflow", "airflow", "ingress-nginx"):
+        assert _release(rendered, name)["install"]["watch"]["wait_for"] == "ready"
+
+
 # --- charts/serving -----------------------------------------------------------------------------
 
 
@@ -400,7 +598,7 @@ def _render_serving(values: dict[str, Any]) -> list[dict[str, Any]]:
     return docs
 
 
-def test_serving_chart_with_the_role_values_validates_against_kubernetes_1_30(rendered: Path) -> None:
+def test_serving_chart_with_the_release_values_validates_against_kubernetes_1_30(rendered: Render) -> None:
     docs = _render_serving(_values(rendered, "iris-serving"))
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "PodDisruptionBudget", "Service"]
@@ -410,8 +608,6 @@ def test_serving_chart_with_the_role_values_validates_against_kubernetes_1_30(re
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert "replicas" not in deploy["spec"], "the HPA owns the replica count"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
@@ -478,15 +674,12 @@ def test_values_file_of_the_local_chart_is_yaml_the_chart_accepts() -> None:
     helm.Chart.load(SERVING_CHART).validate_schema(defaults)
 
 
-def test_mlflow_image_pins_the_project_mlflow_version() -> None:
+def test_mlflow_image_pins_the_project_mlflow_version(rendered: Render) -> None:
     dockerfile = (REPO_ROOT / "images" / "mlflow" / "Dockerfile").read_text()
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     assert "mlflow==3.15.1" in pyproject
     assert "mlflow==3.15.1" in dockerfile
     assert "psycopg2-binary==" in dockerfile
     assert "boto3==" in dockerfile
-    # the image tag the role deploys is that version
-    defaults = load_yaml(
-        REPO_ROOT / "collections/ansible_collections/mlopslab/platform/roles/mlflow_release/defaults/main.yml"
-    )
-    assert defaults["mlflow_release_image_tag"] == "3.15.1"
+    # the image the lab's release deploys is that version
+    assert _values(rendered, "mlflow")["image"]["tag"] == "3.15.1"

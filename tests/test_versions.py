@@ -1,6 +1,8 @@
 """One MLflow version for every client and server, one Airflow version matching the chart.
 
 The seed's client/server mismatch gave a 404 on logged-models: these pins must move together.
+The pinned charts' Chart.yaml comes from tests/support/chart_data.py, whose pins must be the
+ones the release roles install.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.chart_data import CHARTS, chart_dir
+
 REPO = Path(__file__).resolve().parents[1]
 ROLES = REPO / "collections" / "ansible_collections" / "mlopslab" / "platform" / "roles"
-CHART_SCHEMAS = REPO.parent / "shared" / "chart-schemas"
+LAB_K8S = REPO / "inventories" / "lab" / "group_vars" / "k8s_control" / "main.yml"
 
 
 def _pyproject() -> dict[str, object]:
@@ -30,9 +34,24 @@ def _requirement_lines(path: Path) -> list[str]:
     return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
 
 
-def _defaults(role: str) -> dict[str, object]:
-    data: dict[str, object] = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+def _yaml(path: Path) -> dict[str, object]:
+    data: dict[str, object] = yaml.safe_load(path.read_text()) or {}
     return data
+
+
+def _defaults(role: str) -> dict[str, object]:
+    return _yaml(ROLES / role / "defaults" / "main.yml")
+
+
+def _pinned_chart(role: str) -> dict[str, str]:
+    """The chart a release role installs (its vars/main.yml `__<role>_chart`)."""
+    chart = _yaml(ROLES / role / "vars" / "main.yml")[f"__{role}_chart"]
+    assert isinstance(chart, dict)
+    return {key: str(value) for key, value in chart.items()}
+
+
+def _tag(reference: object) -> str:
+    return str(reference).rsplit(":", 1)[-1]
 
 
 def mlflow_version() -> str:
@@ -54,21 +73,36 @@ def test_every_mlflow_pin_is_the_same() -> None:
     assert f"mlflow=={version}" in mlflow_dockerfile
     assert f"'{version}'" in (REPO / "serving" / "Dockerfile").read_text()
     assert str(_defaults("mlflow_local")["mlflow_local_version"]) == version
-    assert str(_defaults("mlflow_release")["mlflow_release_image_tag"]) == version
+    # the image the lab's MLflow release runs
+    assert _tag(_yaml(LAB_K8S)["mlflow_release_image"]) == version
+
+
+def test_the_chart_data_pins_are_the_charts_the_roles_install() -> None:
+    for role, chart in (
+        ("airflow_release", "airflow"),
+        ("mlflow_release", "mlflow"),
+        ("ingress_nginx_release", "ingress-nginx"),
+    ):
+        pinned = _pinned_chart(role)
+        assert (pinned["ref"], pinned["version"], pinned["repo_url"]) == (
+            CHARTS[chart].name,
+            CHARTS[chart].version,
+            CHARTS[chart].repo_url,
+        ), role
+        assert str(_yaml(chart_dir(chart) / "Chart.yaml")["version"]) == pinned["version"]
 
 
 def test_mlflow_matches_the_pinned_chart_app_version() -> None:
-    chart = yaml.safe_load((CHART_SCHEMAS / "mlflow" / "Chart.yaml").read_text())
+    chart = _yaml(chart_dir("mlflow") / "Chart.yaml")
     assert chart["appVersion"] == mlflow_version()
-    assert str(_defaults("mlflow_release")["mlflow_release_chart_version"]) == chart["version"]
 
 
 def test_airflow_matches_the_pinned_chart_app_version() -> None:
-    chart = yaml.safe_load((CHART_SCHEMAS / "airflow" / "Chart.yaml").read_text())
+    chart = _yaml(chart_dir("airflow") / "Chart.yaml")
     pinned = _pins(_requirement_lines(REPO / "dags" / "requirements.txt"), "apache-airflow")
     assert pinned == {chart["appVersion"]}
-    assert str(_defaults("airflow_release")["airflow_release_image_tag"]) == chart["appVersion"]
-    assert str(_defaults("airflow_release")["airflow_release_chart_version"]) == chart["version"]
+    assert _tag(_defaults("airflow_release")["airflow_release_image"]) == chart["appVersion"]
+    assert _tag(_yaml(LAB_K8S)["airflow_release_image"]) == chart["appVersion"]
 
 
 def test_dags_extra_mirrors_dags_requirements() -> None:

@@ -24,6 +24,7 @@ VAULT_KEYS = [
     "vault_airflow_api_secret_key",
     "vault_airflow_jwt_secret",
     "vault_airflow_git_ssh_private_key",
+    "vault_airflow_admin_password",
     "vault_serving_reload_token",
 ]
 

@@ -1,8 +1,7 @@
 """Helpers of the Kubernetes-layer tests: chart-values checks, manifest validation, playbook runs.
 
-The chart values of the pinned upstream charts live outside the repository, in
-``<repo>/../shared/chart-schemas`` (a clean clone in CI has ``shared/`` beside it);
-``MLOPSLAB_CHART_SCHEMAS`` overrides the path.
+The pinned upstream charts' values.yaml and values.schema.json come from
+tests/support/chart_data.py (cache, the chart's repository, or MLOPSLAB_CHART_SCHEMAS).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from tests.support.chart_data import chart_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO_ROOT / "collections" / "ansible_collections" / "mlopslab" / "platform" / "roles"
@@ -40,10 +41,6 @@ INGRESS_NGINX_FREE_FORM = {
 }
 
 
-def chart_schemas_dir() -> Path:
-    return Path(os.environ.get("MLOPSLAB_CHART_SCHEMAS") or REPO_ROOT.parent / "shared" / "chart-schemas")
-
-
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
@@ -63,12 +60,18 @@ def helm_merge(base: Any, override: Any) -> Any:
     return merged
 
 
+def chart_defaults(chart: str) -> dict[str, Any]:
+    data = load_yaml(chart_dir(chart) / "values.yaml")
+    assert isinstance(data, dict)
+    return data
+
+
 def schema_errors(chart: str, overrides: dict[str, Any]) -> list[str]:
     """Errors of chart defaults + ``overrides`` against the chart's values.schema.json.
 
     For Airflow, whose schema leaves the root open, unknown top-level keys are errors too.
     """
-    base = chart_schemas_dir() / chart
+    base = chart_dir(chart)
     schema = json.loads((base / "values.schema.json").read_text())
     merged = helm_merge(load_yaml(base / "values.yaml"), overrides)
     validator = jsonschema.Draft7Validator(schema)
@@ -89,7 +92,7 @@ def _key_paths(data: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, .
 
 def ingress_nginx_unknown_paths(overrides: dict[str, Any]) -> list[str]:
     """Key paths of ``overrides`` that ingress-nginx 4.15.1's values.yaml does not have."""
-    defaults = load_yaml(chart_schemas_dir() / "ingress-nginx" / "values.yaml")
+    defaults = load_yaml(chart_dir("ingress-nginx") / "values.yaml")
     unknown = []
     for path in _key_paths(overrides):
         node: Any = defaults
