@@ -67,4 +67,4 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 nice .venv/bin/ansible-playbook -i "$inventory/hosts.yml" playbooks/images.yml -e "@$inventory/vars.json" "$@" >&2 \
   || die "building the images failed (output above)"
 log "images ready ($((SECONDS - step)) s; total $((SECONDS - started)) s):"
-podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter 'label=io.mlops-lab.inputs-digest' >&2
+podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter 'label=io.mlops-lab.inputs-digest' --filter dangling=false >&2

@@ -348,9 +348,10 @@ def test_mlflow_values_validate_against_the_pinned_chart(rendered: Path) -> None
     assert "awsAccessKeyId" not in art["s3"]
     assert "awsSecretAccessKey" not in art["s3"]
     assert values["ingress"]["hosts"][0]["host"] == "mlflow.local"
-    assert values["image"]["tag"] == "3.15.1"
+    # the content-tagged image of the container_images role: <MLflow version>-<digest>
     mlflow_pin = load_yaml(chart_schemas_dir() / "mlflow" / "Chart.yaml")["appVersion"]
-    assert values["image"]["tag"] == str(mlflow_pin)
+    assert values["image"]["tag"].split("-")[0] == str(mlflow_pin) == "3.15.1"
+    assert values["image"]["repository"] == "localhost/mlops-lab/mlflow"
 
 
 def test_ingress_nginx_release_values_use_only_keys_of_the_pinned_chart(rendered: Path) -> None:
@@ -479,12 +480,12 @@ def test_values_file_of_the_local_chart_is_yaml_the_chart_accepts() -> None:
 
 
 def test_mlflow_image_pins_the_project_mlflow_version() -> None:
-    dockerfile = (REPO_ROOT / "images" / "mlflow" / "Dockerfile").read_text()
+    requirements = (REPO_ROOT / "images" / "mlflow" / "requirements.txt").read_text()
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     assert "mlflow==3.15.1" in pyproject
-    assert "mlflow==3.15.1" in dockerfile
-    assert "psycopg2-binary==" in dockerfile
-    assert "boto3==" in dockerfile
+    assert "mlflow==3.15.1" in requirements
+    assert "psycopg2-binary==" in requirements
+    assert "boto3==" in requirements
     # the image tag the role deploys is that version
     defaults = load_yaml(
         REPO_ROOT / "collections/ansible_collections/mlopslab/platform/roles/mlflow_release/defaults/main.yml"

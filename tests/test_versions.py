@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,7 +31,7 @@ def _requirement_lines(path: Path) -> list[str]:
     return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
 
 
-def _defaults(role: str) -> dict[str, object]:
+def _defaults(role: str) -> dict[str, Any]:
     data: dict[str, object] = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
     return data
 
@@ -49,10 +50,11 @@ def test_every_mlflow_pin_is_the_same() -> None:
         assert _pins(extras[extra], "mlflow") == {version}, extra
     assert _pins(_requirement_lines(REPO / "dags" / "requirements.txt"), "mlflow") == {version}
     assert _pins(_requirement_lines(REPO / "serving" / "requirements.txt"), "mlflow-skinny") == {version}
-    mlflow_dockerfile = (REPO / "images" / "mlflow" / "Dockerfile").read_text()
-    assert f"ghcr.io/mlflow/mlflow:v{version}" in mlflow_dockerfile
-    assert f"mlflow=={version}" in mlflow_dockerfile
-    assert f"'{version}'" in (REPO / "serving" / "Dockerfile").read_text()
+    assert _pins(_requirement_lines(REPO / "images" / "mlflow" / "requirements.txt"), "mlflow") == {version}
+    for dockerfile in ("images/mlflow/Dockerfile", "images/airflow/Dockerfile", "serving/Dockerfile"):
+        assert f"'{version}'" in (REPO / dockerfile).read_text(), dockerfile
+    images = {d["name"]: d for d in _defaults("container_images")["container_images_definitions"]}  # type: ignore[union-attr]
+    assert images["mlflow"]["version"] == version
     assert str(_defaults("mlflow_local")["mlflow_local_version"]) == version
     assert str(_defaults("mlflow_release")["mlflow_release_image_tag"]) == version
 
@@ -68,6 +70,9 @@ def test_airflow_matches_the_pinned_chart_app_version() -> None:
     pinned = _pins(_requirement_lines(REPO / "dags" / "requirements.txt"), "apache-airflow")
     assert pinned == {chart["appVersion"]}
     assert str(_defaults("airflow_release")["airflow_release_image_tag"]) == chart["appVersion"]
+    images = {d["name"]: d for d in _defaults("container_images")["container_images_definitions"]}
+    assert images["airflow"]["version"] == chart["appVersion"]
+    assert f"'{chart['appVersion']}'" in (REPO / "images" / "airflow" / "Dockerfile").read_text()
     assert str(_defaults("airflow_release")["airflow_release_chart_version"]) == chart["version"]
 
 

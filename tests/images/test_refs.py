@@ -8,7 +8,6 @@ the role's refs phase and preflight run for real through ansible-playbook (no bu
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 from pathlib import Path
@@ -43,7 +42,13 @@ context = load(COLLECTION / "plugins/modules/container_image_context.py", "conta
     ("ref", "registry", "host", "path", "tag"),
     [
         ("localhost/mlops-lab/serving:0.1.0-abc", "localhost", "localhost", "mlops-lab/serving", "0.1.0-abc"),
-        ("registry.lab:5000/mlops-lab/airflow:3.2.2-0123", "registry.lab:5000", "registry.lab:5000", "mlops-lab/airflow", "3.2.2-0123"),
+        (
+            "registry.lab:5000/mlops-lab/airflow:3.2.2-0123",
+            "registry.lab:5000",
+            "registry.lab:5000",
+            "mlops-lab/airflow",
+            "3.2.2-0123",
+        ),
         ("apache/airflow:3.2.2", "", "", "apache/airflow", "3.2.2"),
         ("busybox", "", "", "busybox", ""),
         ("127.0.0.1:5000/x/y@sha256:" + "a" * 64, "127.0.0.1:5000", "127.0.0.1:5000", "x/y", ""),
@@ -118,11 +123,25 @@ def test_stock_airflow_image_is_refused_everywhere_the_pipeline_runs() -> None:
 
 def test_manifest_images_lists_every_container() -> None:
     docs = [
-        {"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"template": {"spec": {
-            "initContainers": [{"name": "wait", "image": "busybox:1.38.0"}],
-            "containers": [{"name": "app", "image": "localhost/mlops-lab/serving:0.1.0-a"}]}}}},
-        {"kind": "CronJob", "metadata": {"name": "c"}, "spec": {"jobTemplate": {"spec": {"template": {"spec": {
-            "containers": [{"name": "job", "image": "x.io/y:1"}]}}}}}},
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "initContainers": [{"name": "wait", "image": "busybox:1.38.0"}],
+                        "containers": [{"name": "app", "image": "localhost/mlops-lab/serving:0.1.0-a"}],
+                    }
+                }
+            },
+        },
+        {
+            "kind": "CronJob",
+            "metadata": {"name": "c"},
+            "spec": {
+                "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "job", "image": "x.io/y:1"}]}}}}
+            },
+        },
         {"kind": "ConfigMap", "metadata": {"name": "cm"}},
     ]
     assert [(i["kind"], i["container"], i["image"]) for i in refs.manifest_images(docs)] == [
@@ -156,7 +175,7 @@ def test_digest_covers_exactly_the_inputs(tmp_path: Path) -> None:
     (tmp_path / "req.txt").write_text("a==2\n")
     assert context.digest_of(context.collect(str(tmp_path), paths, ["__pycache__"]), {"v": "1"}) != base
     (tmp_path / "req.txt").write_text("a==1\n")
-    os.chmod(tmp_path / "img" / "pkg" / "mod.py", 0o755)
+    (tmp_path / "img" / "pkg" / "mod.py").chmod(0o700)
     assert context.digest_of(context.collect(str(tmp_path), paths, ["__pycache__", "*.pyc"]), {"v": "1"}) != base
     with pytest.raises(ValueError, match="outside"):
         context.collect(str(tmp_path / "img"), ["../req.txt"], [])
@@ -185,7 +204,14 @@ def test_staging_makes_an_exact_copy(tmp_path: Path) -> None:
 
 
 def _copy_inputs(dest: Path) -> None:
-    for rel in ("images", "serving/Dockerfile", "serving/requirements.txt", "serving/__init__.py", "serving/app", "dags"):
+    for rel in (
+        "images",
+        "serving/Dockerfile",
+        "serving/requirements.txt",
+        "serving/__init__.py",
+        "serving/app",
+        "dags",
+    ):
         src = REPO_ROOT / rel
         if src.is_dir():
             shutil.copytree(src, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
@@ -235,14 +261,20 @@ def test_refs_change_with_their_inputs_only(tmp_path: Path) -> None:
         ),
         ({"container_images_delivery": "load"}, "container_images_nodes", "container_images_nodes must list"),
         (
-            {"container_images_delivery": "load", "container_images_nodes": ["node1"],
-             "container_images_extra_refs": ["git-sync:v4"]},
+            {
+                "container_images_delivery": "load",
+                "container_images_nodes": ["node1"],
+                "container_images_extra_refs": ["git-sync:v4"],
+            },
             "container_images_extra_refs",
             "not fully qualified",
         ),
         (
-            {"container_images_delivery": "registry", "container_images_registry": "registry.lab:5000/mlops-lab",
-             "container_images_registry_username": "robot"},
+            {
+                "container_images_delivery": "registry",
+                "container_images_registry": "registry.lab:5000/mlops-lab",
+                "container_images_registry_username": "robot",
+            },
             "container_images_registry_password",
             "go together",
         ),

@@ -5,9 +5,10 @@ Interface:
     python_base() -> str
         ``scripts/build-images.sh --base``: the local Python base (built when its recipe changed).
 
-    run_images_role(workdir, extra_vars, *, nodes=(), check=False) -> RoleRun
+    run_images_role(workdir, extra_vars, *, nodes=(), check=False, env=None) -> RoleRun
         ``playbooks/images.yml`` (the container_images role) on a local-connection control host,
-        with ``nodes`` as local-connection hosts of group k8s_nodes, and ``extra_vars`` (JSON).
+        with ``nodes`` as local-connection hosts of group k8s_nodes, ``extra_vars`` (JSON) and
+        ``env`` (e.g. a kubeconfig) added to the environment.
         Returns the rc, the names of the tasks that reported changed (per host), the published
         references and the full output (for assertion messages).
 
@@ -92,6 +93,7 @@ def run_images_role(
     *,
     nodes: Sequence[str] = (),
     check: bool = False,
+    env: dict[str, str] | None = None,
     timeout: float = 3600,
 ) -> RoleRun:
     """Run playbooks/images.yml with the JSON stdout callback and digest what it did."""
@@ -108,6 +110,7 @@ def run_images_role(
     (workdir / "hosts.yml").write_text(yaml.safe_dump(inventory))
     (workdir / "vars.json").write_text(json.dumps(extra_vars))
     env = {
+        **(env or {}),
         **podman_env(),
         "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
         "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
@@ -123,9 +126,7 @@ def run_images_role(
         *(["--check"] if check else []),
     ]
     started = time.monotonic()
-    proc = subprocess.run(
-        ["nice", *command], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
-    )
+    proc = subprocess.run(["nice", *command], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
     run = RoleRun(rc=proc.returncode, seconds=time.monotonic() - started, output=proc.stdout + proc.stderr)
     try:
         report = json.loads(proc.stdout)

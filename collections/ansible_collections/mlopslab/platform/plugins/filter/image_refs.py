@@ -34,7 +34,8 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH = rf"{_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_HOST = r"(?:\[[0-9a-fA-F:]+\]|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*)(?::[0-9]+)?"
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_HOST = rf"(?:\[[0-9a-fA-F:]+\]|{_LABEL}(?:\.{_LABEL})*)(?::[0-9]+)?"
 _HOST_RE = re.compile(rf"^{_HOST}$")
 _NAME_RE = re.compile(rf"^(?P<path>{_PATH})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$")
 
@@ -65,7 +66,15 @@ def image_ref_parse(ref: Any) -> dict[str, Any]:
     host, remainder = _split_host(text)
     match = _NAME_RE.match(remainder) if text else None
     if not match or (host and not _HOST_RE.match(host)):
-        return {"valid": False, "reference": text, "registry": "", "path": "", "repository": "", "tag": "", "digest": ""}
+        return {
+            "valid": False,
+            "reference": text,
+            "registry": "",
+            "path": "",
+            "repository": "",
+            "tag": "",
+            "digest": "",
+        }
     path = match.group("path")
     return {
         "valid": True,
@@ -130,7 +139,8 @@ def image_ref_problems(
     elif delivery == "load":
         if not host:
             problems.append(
-                f"{variable}: {ref!r} is not fully qualified: give it a registry host (e.g. localhost/{parsed['path']}) "
+                f"{variable}: {ref!r} is not fully qualified: give it a registry host "
+                f"(e.g. localhost/{parsed['path']}) "
                 "so that the name ctr images import stores is the name the pods ask for"
             )
         elif loaded is not None and ref not in loaded:
@@ -158,7 +168,8 @@ def airflow_chart_images(values: dict[str, Any]) -> dict[str, str]:
     ``[kubernetes_executor] worker_container_repository``, the task pods), ``pod_template`` (the
     KubernetesExecutor pod template file), ``migrations`` (migration job and wait-for-migrations).
     """
-    default_repo = _get(values, "defaultAirflowRepository") or ""
+    # Absent keys take the chart's own defaults (values.yaml of 1.22): the stock image.
+    default_repo = _get(values, "defaultAirflowRepository") or "apache/airflow"
     default_tag = str(_get(values, "defaultAirflowTag") or "")
     default_digest = _get(values, "defaultAirflowDigest") or ""
 
@@ -185,7 +196,9 @@ def airflow_chart_images(values: dict[str, Any]) -> dict[str, str]:
         str(_get(values, "images", "pod_template", "tag") or default_tag),
     )
     migrations = (
-        ref(default_repo, default_tag, default_digest) if _get(values, "images", "useDefaultImageForMigration") else airflow
+        ref(default_repo, default_tag, default_digest)
+        if _get(values, "images", "useDefaultImageForMigration")
+        else airflow
     )
     return {"airflow": airflow, "tasks": tasks, "pod_template": pod_template, "migrations": migrations}
 
@@ -228,7 +241,12 @@ def container_images_publish(results: list[dict[str, Any]], registry: str, lengt
         item = result["item"]
         repository = f"{registry.rstrip('/')}/{item['name']}"
         tag = f"{item['version']}-{result['digest'][: int(length)]}"
-        published[item["name"]] = {"repository": repository, "tag": tag, "ref": f"{repository}:{tag}", "digest": result["digest"]}
+        published[item["name"]] = {
+            "repository": repository,
+            "tag": tag,
+            "ref": f"{repository}:{tag}",
+            "digest": result["digest"],
+        }
     return published
 
 

@@ -3,6 +3,15 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: container_image_context
@@ -60,15 +69,6 @@ files:
   returned: always
   type: int
 """
-
-import fnmatch
-import hashlib
-import json
-import os
-import shutil
-import stat
-
-from ansible.module_utils.basic import AnsibleModule
 
 
 def _excluded(name, patterns):
@@ -145,7 +145,7 @@ def stage(files, dest, check_mode):
     if os.path.isdir(dest):
         wanted_dirs = {os.path.dirname(rel) for rel in files}
         wanted_dirs |= {parent for rel in wanted_dirs for parent in _parents(rel)}
-        for current, dirs, names in os.walk(dest, topdown=False):
+        for current, _dirs, names in os.walk(dest, topdown=False):
             rel_dir = os.path.relpath(current, dest)
             for name in names:
                 rel = os.path.normpath(os.path.join(rel_dir, name))

@@ -3,6 +3,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import re
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
+
 DOCUMENTATION = r"""
 ---
 module: container_registry_image_info
@@ -74,15 +84,6 @@ media_type:
   type: str
 """
 
-import base64
-import hashlib
-import json
-import re
-from urllib.error import HTTPError
-from urllib.parse import urlencode
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
 
 ACCEPT = ", ".join(
     [

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 ---
 module: containerd_image_info
@@ -49,12 +53,11 @@ images:
   description: For each reference, whether containerd holds it, its manifest digest and its config digest.
   returned: always
   type: dict
-  sample: {"localhost/mlops-lab/serving:0.1.0-3f2a9c1b0d12": {"present": true, "digest": "sha256:...", "config_digest": "sha256:..."}}
+  sample:
+    localhost/mlops-lab/serving:0.1.0-3f2a9c1b0d12:
+      {"present": true, "digest": "sha256:...", "config_digest": "sha256:..."}
 """
 
-import json
-
-from ansible.module_utils.basic import AnsibleModule
 
 _INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
