@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -140,14 +141,11 @@ def test_airflow_parses_the_dags_with_no_import_errors(built_images: BuiltImages
     )
     run = _airflow(built_images, "bash", "-c", script, options=mount, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    # The CLI logs to stdout too: each answer is the last JSON line of its part.
     errors_part, dags_part = run.stdout.split("\n---\n")
-    errors = (
-        json.loads(errors_part.strip().splitlines()[-1])
-        if errors_part.strip().startswith("[")
-        else json.loads(errors_part)
-    )
+    errors = json.loads([line for line in errors_part.splitlines() if line.startswith("[")][-1])
     assert errors == [], errors
-    dags = {dag["dag_id"] for dag in json.loads(dags_part.strip())}
+    dags = {dag["dag_id"] for dag in json.loads([line for line in dags_part.splitlines() if line.startswith("[")][-1])}
     assert {"train_and_promote", "rollback_champion"} <= dags
 
 
@@ -236,10 +234,10 @@ AS_POSTGRES = ("setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[dict[str, str]]:
+def postgres() -> Iterator[dict[str, str]]:
     """A throwaway PostgreSQL on 127.0.0.1 with a password user (scram-sha-256)."""
-    work = tmp_path / "pg"
-    work.mkdir()
+    # Directly under /tmp: pytest's own directories are closed to the postgres user.
+    work = Path(tempfile.mkdtemp(prefix="mlopslab-images-pg-"))
     shutil.chown(work, "postgres", "postgres")
     password = "diag-" + str(time.monotonic_ns())
     (work / "pw").write_text(password)
@@ -269,6 +267,7 @@ def postgres(tmp_path: Path) -> Iterator[dict[str, str]]:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture
