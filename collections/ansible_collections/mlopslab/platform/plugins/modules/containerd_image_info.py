@@ -14,7 +14,7 @@ short_description: Report which image references a node's containerd holds, with
 description:
   - Lists the images of a containerd namespace with C(ctr images ls) and, for each of
     I(references) it holds, reads the manifest with C(ctr content get) to report the digest of
-    the image config: the image ID a builder (podman, docker, buildah) gives the same image, so
+    the image config (the image ID a builder such as podman, docker or buildah gives it), so
     an import can be skipped when the node already has exactly that image.
   - Works with a plain containerd (C(ctr)) and with k3s (I(ctr_command) C([k3s, ctr])). Never
     changes anything; runs in check mode.
@@ -54,7 +54,7 @@ images:
   returned: always
   type: dict
   sample:
-    localhost/mlops-lab/serving:0.1.0-3f2a9c1b0d12:
+    "localhost/mlops-lab/serving:0.1.0-3f2a9c1b0d12":
       {"present": true, "digest": "sha256:...", "config_digest": "sha256:..."}
 """
 
