@@ -162,7 +162,7 @@ def bootstrap(
     vault_password_file: VaultOption = None,
     verbose: VerboseOption = 0,
 ) -> None:
-    """Run the stages in order: preflight, hosts, network, cluster, platform, smoke."""
+    """Run the stages in order: preflight, hosts, network, cluster, images, platform, smoke."""
     try:
         stages = select_stages(from_stage, only)
     except StageSelectionError as exc:

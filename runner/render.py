@@ -44,6 +44,7 @@ and templates (in render-only mode), with no cluster and no secret:
 | `manifests/*.yml` | every plain manifest (namespaces, LimitRanges, Secrets, ConfigMaps, log volume) |
 | `values/<release>.values.yml` | the Helm values file of each release |
 | `releases/<release>.yml` | each release's chart, namespace, images, and how it is installed and watched |
+| `images.yml` | the project's images: content-tagged references, and how they reach the nodes (push or load) |
 
 **Secret data are placeholders**: every secret value reads `PLACEHOLDER(<variable>)`, naming the
 role variable (wired from the vault) that fills it when the stages apply. Nothing here is a secret;
@@ -78,6 +79,7 @@ def render_extravars(out: Path, roles_dir: Path) -> dict[str, str]:
     return {
         "helm_release_render_dir": str(out),
         "k8s_manifests_render_dir": str(out),
+        "container_images_render_dir": str(out),
         **{name: PLACEHOLDER.format(name=name) for name in secret_options(roles_dir)},
     }
 

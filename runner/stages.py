@@ -32,6 +32,12 @@ STAGES: tuple[Stage, ...] = (
         "namespaces, secrets, NFS log volume, ingress-nginx",
     ),
     Stage(
+        "images",
+        "playbooks/images.yml",
+        ("k8s_control",),
+        "MLflow, serving, Airflow and diagnose images: build, then push or load into the nodes",
+    ),
+    Stage(
         "platform",
         "playbooks/platform.yml",
         ("k8s_control", "local_platform"),

@@ -9,29 +9,13 @@ the test drives (no sleeping).
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-MODULE = (
-    Path(__file__).resolve().parents[1]
-    / "collections/ansible_collections/mlopslab/platform/plugins/modules/k8s_release_watch.py"
-)
+from tests.support.collection import plugin
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("k8s_release_watch", MODULE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-watch_module = _load()
+watch_module = plugin("modules", "k8s_release_watch")
 
 
 def _pod(name: str, phase: str = "Running", ready: bool = True, **status: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from tests.support.chart_data import CHARTS, chart_dir
+from tests.support.collection import plugin
 from tests.support.k8s_layer import (
     REPO_ROOT,
     ROLES_DIR,
@@ -146,6 +147,7 @@ def test_render_writes_every_manifest_values_file_and_release(rendered: Render) 
     files = sorted(str(p.relative_to(rendered.out)) for p in rendered.out.rglob("*") if p.is_file())
     assert files == [
         "README.md",
+        "images.yml",
         "manifests/log-volume.yml",
         "manifests/namespaces.yml",
         "manifests/secrets-airflow.yml",
@@ -398,8 +400,10 @@ def test_mlflow_values_validate_against_the_pinned_chart(rendered: Render) -> No
     assert values["ingress"]["hosts"][0]["host"] == "mlflow.local"
     assert "mlflow.mlops-training.svc.cluster.local:5000" in values["serverAllowedHosts"]
     assert "mlflow.local" in values["serverAllowedHosts"]
+    # the content-tagged image of the container_images role: <MLflow version>-<digest>
     mlflow_pin = load_yaml(chart_dir("mlflow") / "Chart.yaml")["appVersion"]
-    assert values["image"]["tag"] == str(mlflow_pin)
+    assert values["image"]["tag"].split("-")[0] == str(mlflow_pin) == "3.15.1"
+    assert values["image"]["repository"] == "localhost/mlops-lab/mlflow"
 
 
 def test_ingress_nginx_release_values_use_only_keys_of_the_pinned_chart(rendered: Render) -> None:
@@ -475,6 +479,9 @@ def test_no_hook_driven_job_under_a_waiting_install(rendered: Render) -> None:
     assert airflow["migrateDatabaseJob"]["applyCustomEnv"] is False
 
 
+image_refs = plugin("filter", "image_refs")
+
+
 def _image_refs(values: Any) -> list[str]:
     """repository:tag of every image section in a values tree."""
     refs: list[str] = []
@@ -487,20 +494,24 @@ def _image_refs(values: Any) -> list[str]:
 
 
 def test_no_image_reference_a_node_cannot_pull(rendered: Render) -> None:
-    loaded_into_nodes = bool(
-        (load_yaml(REPO_ROOT / "inventories/lab/group_vars/all/main.yml") or {}).get(
-            "mlopslab_images_loaded_into_nodes", False
-        )
-    )
+    """The project's images reach the nodes the way the inventory says (pushed to its registry, or
+    loaded into every node's containerd); every image is tagged; the charts run exactly those."""
+    images_stage = load_yaml(rendered.out / "images.yml")
+    own = {entry["ref"] for entry in images_stage["published"].values()}
     releases = ["airflow", "ingress-nginx", "iris-serving", "mlflow"]
     images = [image for name in releases for image in _release(rendered, name)["images"]]
     values_images = _image_refs(_values(rendered, "mlflow")) + _image_refs(_values(rendered, "iris-serving"))
     values_images += _image_refs(_values(rendered, "airflow")["images"])
     assert set(values_images) <= set(images), "the release descriptions list every image the values set"
+    assert {ref for ref in images if ref.split(":")[0].rsplit("/", 1)[-1] in images_stage["published"]} <= own
     for image in images:
         assert ":" in image.rsplit("/", 1)[-1], f"{image}: no tag"
-        if not loaded_into_nodes:
-            # containerd on a node takes localhost/ for a registry on the node itself
+        if image in own:
+            problems = image_refs.image_ref_problems(
+                image, image, images_stage["delivery"], images_stage["registry"], images_stage["delivered"]
+            )
+            assert problems == [], problems
+        else:  # a third-party image: pulled from its public registry by name
             assert not image.startswith("localhost/"), f"{image}: a node cannot pull a localhost/ image"
     # the serving chart renders exactly the image its release lists
     deploy = _find(_render_serving(_values(rendered, "iris-serving")), "Deployment", "iris-serving")
@@ -675,11 +686,11 @@ def test_values_file_of_the_local_chart_is_yaml_the_chart_accepts() -> None:
 
 
 def test_mlflow_image_pins_the_project_mlflow_version(rendered: Render) -> None:
-    dockerfile = (REPO_ROOT / "images" / "mlflow" / "Dockerfile").read_text()
+    requirements = (REPO_ROOT / "images" / "mlflow" / "requirements.txt").read_text()
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     assert "mlflow==3.15.1" in pyproject
-    assert "mlflow==3.15.1" in dockerfile
-    assert "psycopg2-binary==" in dockerfile
-    assert "boto3==" in dockerfile
-    # the image the lab's release deploys is that version
-    assert _values(rendered, "mlflow")["image"]["tag"] == "3.15.1"
+    assert "mlflow==3.15.1" in requirements
+    assert "psycopg2-binary==" in requirements
+    assert "boto3==" in requirements
+    # the image the lab's release deploys is that version (content-tagged: <version>-<digest>)
+    assert _values(rendered, "mlflow")["image"]["tag"].split("-")[0] == "3.15.1"

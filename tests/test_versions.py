@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,12 +35,12 @@ def _requirement_lines(path: Path) -> list[str]:
     return [line.split("#")[0].strip() for line in path.read_text().splitlines() if line.split("#")[0].strip()]
 
 
-def _yaml(path: Path) -> dict[str, object]:
-    data: dict[str, object] = yaml.safe_load(path.read_text()) or {}
+def _yaml(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
     return data
 
 
-def _defaults(role: str) -> dict[str, object]:
+def _defaults(role: str) -> dict[str, Any]:
     return _yaml(ROLES / role / "defaults" / "main.yml")
 
 
@@ -48,10 +49,6 @@ def _pinned_chart(role: str) -> dict[str, str]:
     chart = _yaml(ROLES / role / "vars" / "main.yml")[f"__{role}_chart"]
     assert isinstance(chart, dict)
     return {key: str(value) for key, value in chart.items()}
-
-
-def _tag(reference: object) -> str:
-    return str(reference).rsplit(":", 1)[-1]
 
 
 def mlflow_version() -> str:
@@ -68,13 +65,14 @@ def test_every_mlflow_pin_is_the_same() -> None:
         assert _pins(extras[extra], "mlflow") == {version}, extra
     assert _pins(_requirement_lines(REPO / "dags" / "requirements.txt"), "mlflow") == {version}
     assert _pins(_requirement_lines(REPO / "serving" / "requirements.txt"), "mlflow-skinny") == {version}
-    mlflow_dockerfile = (REPO / "images" / "mlflow" / "Dockerfile").read_text()
-    assert f"ghcr.io/mlflow/mlflow:v{version}" in mlflow_dockerfile
-    assert f"mlflow=={version}" in mlflow_dockerfile
-    assert f"'{version}'" in (REPO / "serving" / "Dockerfile").read_text()
+    assert _pins(_requirement_lines(REPO / "images" / "mlflow" / "requirements.txt"), "mlflow") == {version}
+    for dockerfile in ("images/mlflow/Dockerfile", "images/airflow/Dockerfile", "serving/Dockerfile"):
+        assert f"'{version}'" in (REPO / dockerfile).read_text(), dockerfile
+    images = {d["name"]: d for d in _defaults("container_images")["container_images_definitions"]}  # type: ignore[union-attr]
+    assert images["mlflow"]["version"] == version
     assert str(_defaults("mlflow_local")["mlflow_local_version"]) == version
-    # the image the lab's MLflow release runs
-    assert _tag(_yaml(LAB_K8S)["mlflow_release_image"]) == version
+    # the lab's MLflow release runs the image built from that definition
+    assert _yaml(LAB_K8S)["mlflow_release_image"] == "{{ container_images_refs.mlflow }}"
 
 
 def test_the_chart_data_pins_are_the_charts_the_roles_install() -> None:
@@ -101,8 +99,9 @@ def test_airflow_matches_the_pinned_chart_app_version() -> None:
     chart = _yaml(chart_dir("airflow") / "Chart.yaml")
     pinned = _pins(_requirement_lines(REPO / "dags" / "requirements.txt"), "apache-airflow")
     assert pinned == {chart["appVersion"]}
-    assert _tag(_defaults("airflow_release")["airflow_release_image"]) == chart["appVersion"]
-    assert _tag(_yaml(LAB_K8S)["airflow_release_image"]) == chart["appVersion"]
+    images = {d["name"]: d for d in _defaults("container_images")["container_images_definitions"]}
+    assert images["airflow"]["version"] == chart["appVersion"]
+    assert f"'{chart['appVersion']}'" in (REPO / "images" / "airflow" / "Dockerfile").read_text()
 
 
 def test_dags_extra_mirrors_dags_requirements() -> None:
