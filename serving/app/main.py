@@ -18,6 +18,7 @@ from .batcher import MicroBatcher
 from .cluster import Cluster
 from .config import Settings, get_settings
 from .deps import ServingState
+from .docs import add_offline_docs
 from .metrics import MetricsMiddleware, ServingMetrics
 from .model_store import ModelStore
 from .routes import invocations, ops, predict
@@ -118,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Serves the MLflow registry's champion with hot swap, micro-batching and metrics.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from docs.py, with their assets served here
+        redoc_url=None,
         # FastAPI's OpenTelemetry hooks look the providers up in os.environ on every request
         # (7% of the event loop in a profile at concurrency 64); /metrics is what this app exports.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(invocations.router)
     app.include_router(ops.router)
+    add_offline_docs(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.openapi = lambda: _openapi_with_request_models(app)  # type: ignore[method-assign]
     known = frozenset(getattr(route, "path", "") for route in app.routes)
