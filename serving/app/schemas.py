@@ -92,8 +92,11 @@ def _features_or_columns(value: Any) -> str | None:
     if not isinstance(value, dict):
         return None
     has_features, has_columns = "features" in value, "columns" in value
-    if has_features == has_columns:
+    if has_features and has_columns:
         return None
+    if not has_features and not has_columns:
+        # Other keys only (a typo such as "feature"): FeaturesRequest names them as extra inputs.
+        return "features" if value else None
     return "features" if has_features else "columns"
 
 
