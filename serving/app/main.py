@@ -22,7 +22,7 @@ from .docs import add_offline_docs
 from .metrics import MetricsMiddleware, ServingMetrics
 from .model_store import ModelStore
 from .routes import invocations, ops, predict
-from .schemas import InvocationsRequest, WebhookDelivery
+from .schemas import ErrorResponse, InvocationsRequest, WebhookDelivery
 
 log = logging.getLogger("serving")
 
@@ -76,6 +76,11 @@ def _openapi_with_request_models(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
+        # Every 422 is written by _validation_error, in ErrorResponse's shape (not FastAPI's list).
+        errors = TypeAdapter(ErrorResponse).json_schema(ref_template="#/components/schemas/{model}")
+        components.update(errors.pop("$defs", {}))
+        components["HTTPValidationError"] = {**errors, "title": "HTTPValidationError"}
+        components.pop("ValidationError", None)
         bodies = {
             **predict.REQUEST_BODIES,
             "InvocationsRequest": TypeAdapter(InvocationsRequest),

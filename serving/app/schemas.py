@@ -40,11 +40,11 @@ _ONE_OF_MESSAGE = "send exactly one of 'features' (a row or a list of rows) and 
 class _PredictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    probabilities: bool = Field(
+    probabilities: Annotated[bool, Strict()] = Field(
         default=False,
         description="Also return each row's class probabilities (`classes` gives their order); classifiers only",
     )
-    labels: bool = Field(
+    labels: Annotated[bool, Strict()] = Field(
         default=False,
         description="Also return each prediction's class name (the model's `class_names` metadata, else the class)",
     )
@@ -120,9 +120,15 @@ class PredictResponse(BaseModel):
     labels: list[str] | None = Field(default=None, description="With `labels`: the class name of each prediction")
 
 
+class ValidationErrorItem(BaseModel):
+    loc: str = Field(description="Where: body, body.features[1], query.scope...")
+    msg: str
+    type: str
+
+
 class ErrorResponse(BaseModel):
-    detail: str
-    errors: list[dict[str, Any]] | None = None
+    detail: str = Field(description="What is wrong, in one sentence")
+    errors: list[ValidationErrorItem] | None = Field(default=None, description="Each validation error (422)")
 
 
 class LastErrorOut(BaseModel):

@@ -7,7 +7,8 @@ it does not take), because the same MLflow functions parse the body, enforce the
 encode the predictions; tests/serving/test_invocations.py compares both servers on one model.
 Only the model call differs: the enforced rows go through the micro-batcher and the checked fast
 path like /predict. Differences: no model yet is a 503, more rows than SERVING_MAX_BATCH_ROWS a
-413 (`mlflow models serve` has no limit), and Parquet bodies need pyarrow, which the serving
+413 (`mlflow models serve` has no limit), a body that is not UTF-8 a 400 (MLflow: 500), and
+Parquet bodies need pyarrow, which the serving
 image does not install (MLflow's own 400 "Failed to parse input" there).
 """
 
@@ -65,6 +66,14 @@ def _parse(body: bytes, content_type: str | None, model: LoadedModel) -> tuple[A
     if mime_type == _CSV:
         return scoring_server.parse_csv_input(io.StringIO(body.decode("utf-8")), schema=input_schema), None
     if mime_type == _JSON:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:  # MLflow's own server answers 500 here; bad input is a 4xx
+            from mlflow.utils import proto_json_utils
+
+            invalid: Any = proto_json_utils.MlflowInvalidInputException
+            message = f"Ensure that input is a valid JSON formatted string. Error: '{exc!r}'"
+            raise invalid(message) from None
         parsed = scoring_server._parse_json_data(body, model.metadata, input_schema)
         return parsed.data, parsed.params
     if mime_type == scoring_server.CONTENT_TYPE_PARQUET:  # needs pyarrow, which the image leaves out
