@@ -24,7 +24,6 @@ the loop stays responsive for health checks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .metrics import ServingMetrics
-from .model_store import FloatRows, LoadedModel
+from .model_store import FloatRows, LoadedModel, cancel_and_wait
 
 log = logging.getLogger("serving.batcher")
 
@@ -65,11 +64,8 @@ class MicroBatcher:
             self._task = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, model: LoadedModel, rows: FloatRows, with_proba: bool = False) -> Prediction:

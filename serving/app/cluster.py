@@ -37,7 +37,7 @@ from typing import Any, Literal
 import httpx
 
 from .config import Settings
-from .model_store import ModelStore
+from .model_store import ModelStore, cancel_and_wait
 
 log = logging.getLogger("serving.cluster")
 
@@ -130,11 +130,8 @@ class Workers:
         self._task = asyncio.create_task(self._watch(), name="worker-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.directory is not None:
             self._own_file.unlink(missing_ok=True)
 

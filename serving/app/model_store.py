@@ -153,6 +153,14 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def resolve(source: ModelSource) -> ResolvedVersion:
     """Ask the registry which version the source designates (blocking; run in a thread)."""
     if source.kind == "static":
@@ -562,8 +570,5 @@ class ModelStore:
             await asyncio.wait_for(self._first_check_done.wait(), timeout=timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await cancel_and_wait(self._watcher)
+        self._watcher = None

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request, Response, status
 from ..deps import ServingState, get_model
 from ..model_store import FloatRows, LoadedModel
 from ..schemas import ErrorResponse, InvocationsResponse, MlflowError
-from .predict import VERSION_HEADER, check_row_count
+from .predict import VERSION_HEADER, VERSION_HEADER_RESPONSE, check_row_count
 
 router = APIRouter(tags=["mlflow scoring protocol"])
 log = logging.getLogger("serving.invocations")
@@ -118,8 +118,7 @@ def _unexpected_error() -> Any:
     response_model=InvocationsResponse,
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
-        200: {"headers": {VERSION_HEADER: {"description": "Registry version that made the predictions",
-                                           "schema": {"type": "string"}}}},
+        200: VERSION_HEADER_RESPONSE,
         400: {"model": MlflowError, "description": "Input MLflow cannot parse or the model refuses (MLflow's format)"},
         413: {"model": ErrorResponse, "description": "More rows than SERVING_MAX_BATCH_ROWS"},
         415: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Unsupported content type"},

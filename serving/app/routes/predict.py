@@ -27,6 +27,12 @@ PREDICT_REQUEST_BODY = {
 
 _UNPROCESSABLE = status.HTTP_422_UNPROCESSABLE_CONTENT
 VERSION_HEADER = "X-Model-Version"
+# The 200 response of the prediction routes documents the header.
+VERSION_HEADER_RESPONSE = {
+    "headers": {
+        VERSION_HEADER: {"description": "Registry version that made the predictions", "schema": {"type": "string"}}
+    }
+}
 
 
 class InputError(HTTPException):
@@ -103,8 +109,7 @@ async def parse_body(request: Request) -> FeaturesRequest | ColumnsRequest:
     response_model=PredictResponse,
     openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
     responses={
-        200: {"headers": {VERSION_HEADER: {"description": "Registry version that made the predictions",
-                                           "schema": {"type": "string"}}}},
+        200: VERSION_HEADER_RESPONSE,
         400: {"model": ErrorResponse, "description": "A body that cannot be decoded"},
         413: {"model": ErrorResponse, "description": "Over SERVING_MAX_BATCH_ROWS rows or SERVING_MAX_BODY_BYTES"},
         422: {"model": ErrorResponse, "description": "Input that does not match the model signature"},
