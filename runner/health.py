@@ -42,7 +42,24 @@ def _probe(name: str, url: str, timeout: float) -> Probe:
         response = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
         return Probe(name, url, False, str(exc) or type(exc).__name__)
+    if response.status_code < 400 and name == "serving":
+        return _serving_agreement(name, url, timeout)
     return Probe(name, url, response.status_code < 400, f"HTTP {response.status_code}")
+
+
+def _serving_agreement(name: str, url: str, timeout: float) -> Probe:
+    """Serving is healthy when every worker of every replica serves one version (GET /replicas)."""
+    parts = urlsplit(url)
+    try:
+        view = httpx.get(f"{parts.scheme}://{parts.netloc}/replicas", timeout=timeout).json()
+        workers, versions = len(view["workers"]), dict(view["versions"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        return Probe(name, url, False, f"up, but GET /replicas failed: {exc}")
+    if view.get("agreed"):
+        return Probe(name, url, True, f"version {view['version']} on all {workers} worker(s)")
+    unreachable = [peer.get("url") for peer in view.get("peers", []) if not peer.get("reachable")]
+    detail = f"workers disagree: {versions}" + (f", unreachable peers {unreachable}" if unreachable else "")
+    return Probe(name, url, False, detail)
 
 
 def probe_endpoints(path: Path, timeout: float = 3.0) -> list[Probe]:

@@ -612,7 +612,11 @@ def _render_serving(values: dict[str, Any]) -> list[dict[str, Any]]:
 def test_serving_chart_with_the_release_values_validates_against_kubernetes_1_30(rendered: Render) -> None:
     docs = _render_serving(_values(rendered, "iris-serving"))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "PodDisruptionBudget", "Service"]
+    assert kinds == [
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "PodDisruptionBudget", "Service", "Service"
+    ]  # fmt: skip
+    peers = _find(docs, "Service", "iris-serving-peers")  # headless: one DNS record per ready pod
+    assert (peers["spec"]["clusterIP"], peers["spec"]["publishNotReadyAddresses"]) == ("None", False)
     for doc in docs:
         validate_manifest(doc)
     deploy = _find(docs, "Deployment", "iris-serving")
@@ -645,6 +649,7 @@ def test_serving_chart_with_the_release_values_validates_against_kubernetes_1_30
     config = _find(docs, "ConfigMap", "iris-serving")["data"]
     assert config["SERVING_MODEL_NAME"] == "iris_classifier"
     assert config["SERVING_MODEL_ALIAS"] == "champion"
+    assert config["SERVING_PEERS_DNS"] == "iris-serving-peers.mlops-serving.svc.cluster.local"
 
 
 def test_serving_chart_without_autoscaling_keeps_two_replicas_and_adds_a_service_monitor() -> None:

@@ -1,9 +1,11 @@
-"""Tell the serving API that the champion moved, and wait until it serves the new version.
+"""Tell the serving API that the champion moved, and wait until every replica serves the new version.
 
-Serving's contract: ``POST /reload`` (``Authorization: Bearer <token>``) asks a replica to load
-the current champion now; ``GET /model`` returns JSON with at least ``version``. In Kubernetes
-every replica also watches the registry itself, so the reload call through an ingress (which
-reaches one replica) is a nudge; the wait on ``GET /model`` is the check.
+Serving's contract: ``POST /reload`` (``Authorization: Bearer <token>``) asks the replica that
+answers to load the current champion now and to tell its other workers and its peer replicas;
+``GET /replicas`` shows every worker of every replica and whether they ``agreed`` on one
+``version``. The wait is on that view, not on the one replica the Service happened to route
+``GET /model`` to. A server without ``/replicas`` (404: an older image) is asked ``GET /model``
+instead, which is all it can say.
 """
 
 from __future__ import annotations
@@ -25,22 +27,49 @@ class ServingRefused(ServingError):
     """Serving refused the token: retrying with the same token cannot help."""
 
 
-def reported_version(client: httpx.Client, base_url: str) -> str | None:
-    """The model version serving reports, or None when it has none or does not answer."""
+def _get_json(client: httpx.Client, url: str) -> tuple[int | None, object]:
     try:
-        response = client.get(f"{base_url}/model")
+        response = client.get(url)
     except httpx.HTTPError as error:
-        log.info("GET %s/model: %s", base_url, error)
-        return None
-    if response.status_code != 200:
-        log.info("GET %s/model: HTTP %s", base_url, response.status_code)
-        return None
+        log.info("GET %s: %s", url, error)
+        return None, None
     try:
-        version = response.json().get("version")
-    except (ValueError, AttributeError):
-        log.info("GET %s/model: not a JSON object", base_url)
+        return response.status_code, response.json() if response.status_code == 200 else None
+    except ValueError:
+        log.info("GET %s: not JSON", url)
+        return response.status_code, None
+
+
+def reported_version(client: httpx.Client, base_url: str) -> str | None:
+    """The version one replica reports on GET /model, or None when it has none or does not answer."""
+    status, body = _get_json(client, f"{base_url}/model")
+    if status != 200 or not isinstance(body, dict):
+        log.info("GET %s/model: HTTP %s", base_url, status)
         return None
+    version = body.get("version")
     return None if version is None else str(version)
+
+
+def replicas_version(client: httpx.Client, base_url: str) -> str | None:
+    """The version every worker of every replica serves, or a description of what they serve
+    when they do not agree (None: serving does not answer)."""
+    status, body = _get_json(client, f"{base_url}/replicas")
+    if status == 404:
+        return reported_version(client, base_url)
+    if status != 200 or not isinstance(body, dict):
+        log.info("GET %s/replicas: HTTP %s", base_url, status)
+        return None
+    if "agreed" not in body:  # not the replicas view: read it as GET /model
+        version = body.get("version")
+        return None if version is None else str(version)
+    if body["agreed"]:
+        return str(body["version"])
+    versions = body.get("versions") or {}
+    unreachable = [peer.get("url") for peer in body.get("peers") or [] if not peer.get("reachable")]
+    parts = [f"{version} on {count} worker(s)" for version, count in sorted(versions.items())]
+    if unreachable:
+        parts.append(f"unreachable peers {unreachable}")
+    return "mixed: " + ", ".join(parts)
 
 
 def request_reload(client: httpx.Client, base_url: str, token: str | None) -> None:
@@ -71,7 +100,8 @@ def reload_and_wait(
     client: httpx.Client | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> str:
-    """POST /reload, then poll GET /model until it reports `expected_version` or time is up."""
+    """POST /reload, then poll GET /replicas until every replica and worker serves
+    `expected_version`, or time is up."""
     own_client = client is None
     http = client or httpx.Client(timeout=10.0)
     try:
@@ -79,9 +109,9 @@ def reload_and_wait(
         deadline = clock() + timeout
         seen: str | None = None
         while True:
-            seen = reported_version(http, base_url)
+            seen = replicas_version(http, base_url)
             if seen == str(expected_version):
-                log.info("serving at %s reports version %s", base_url, seen)
+                log.info("every serving replica at %s reports version %s", base_url, seen)
                 return seen
             if clock() >= deadline:
                 raise ServingError(

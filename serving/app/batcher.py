@@ -2,18 +2,28 @@
 
 A tree ensemble costs about the same to predict 1 row as 100 (the per-call dispatch over the
 trees dominates), so under concurrency one call for all waiting rows multiplies throughput.
-The collector takes the first waiting request, then whatever else is queued, waiting at most
-`max_wait` for more and stopping at `max_rows` (a request is never split; one larger than
-`max_rows` runs alone). Predict calls run one at a time in a single worker thread, so requests
-arriving during a call form the next batch. Rows are grouped by the model object the request
-started with, so a swap never moves a request to another model. If a batched call raises, each
-request of the batch is retried alone, so one bad request cannot fail the others.
+The collector takes the first waiting request, lets the event loop run once more (requests read
+in the same pass over the sockets reach the queue then), takes whatever else is queued, and
+waits at most `max_wait` for more (default 0: with the forest path a model call costs about as
+much as two requests' HTTP handling, so waiting only adds latency, and a lone request never
+waits for company); it stops at `max_rows` (a request is never split; one larger than
+`max_rows` runs alone). Rows are grouped by the model object the request started with (and by whether
+probabilities were asked for), so a swap never moves a request to another model. If a batched
+call raises, each request of the batch is retried alone, so one bad request cannot fail the
+others.
+
+Where a call runs: models whose predictions are computed by the forest path (`predictor ==
+"forest"`, about 1 ms per call) run on the event loop itself. Profiles showed why: a predict
+thread running Python holds the GIL, and the event loop waiting for it loses up to a switch
+interval (5 ms) each time it wants it back, which is where the tail latency came from; the
+thread bought no parallelism, since the loop cannot parse requests without the GIL either.
+Other models (seconds-long pyfunc calls are possible) run one at a time in a worker thread, so
+the loop stays responsive for health checks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,16 +33,19 @@ import numpy as np
 import numpy.typing as npt
 
 from .metrics import ServingMetrics
-from .model_store import FloatRows, LoadedModel
+from .model_store import FloatRows, LoadedModel, cancel_and_wait
 
 log = logging.getLogger("serving.batcher")
+
+Prediction = tuple[npt.NDArray[Any], npt.NDArray[Any] | None]  # predictions, probabilities
 
 
 @dataclass
 class _Pending:
     model: LoadedModel
     rows: FloatRows
-    future: asyncio.Future[npt.NDArray[Any]]
+    with_proba: bool
+    future: asyncio.Future[Prediction]
 
 
 class MicroBatcher:
@@ -51,28 +64,30 @@ class MicroBatcher:
             self._task = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def predict(self, model: LoadedModel, rows: FloatRows) -> npt.NDArray[Any]:
-        """Predictions for `rows` (2-D float64) by `model`, possibly computed with other requests."""
+    async def predict(self, model: LoadedModel, rows: FloatRows, with_proba: bool = False) -> Prediction:
+        """Predictions (and probabilities if asked) for `rows` (2-D float64) by `model`, possibly
+        computed together with other requests."""
         if self._task is None:
-            return await self._call(model, rows)
-        future: asyncio.Future[npt.NDArray[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(model, rows, future))
+            return await self._call(model, rows, with_proba)
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(model, rows, with_proba, future))
         return await future
 
-    async def _call(self, model: LoadedModel, rows: FloatRows) -> npt.NDArray[Any]:
+    async def _call(self, model: LoadedModel, rows: FloatRows, with_proba: bool) -> Prediction:
         self.metrics.batch_rows.observe(len(rows))
         self.metrics.predicted_rows.inc(len(rows))
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, model.predict_rows, rows)
-        if len(result) != len(rows):
-            raise RuntimeError(f"the model returned {len(result)} predictions for {len(rows)} rows")
+        if model.predictor == "forest":
+            result = _predict(model, rows, with_proba)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, _predict, model, rows, with_proba)
+        predictions, probabilities = result
+        if len(predictions) != len(rows) or (probabilities is not None and len(probabilities) != len(rows)):
+            raise RuntimeError(f"the model returned {len(predictions)} predictions for {len(rows)} rows")
         return result
 
     async def _collect(self) -> list[_Pending]:
@@ -81,6 +96,7 @@ class MicroBatcher:
         batch, total = [first], len(first.rows)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
+        await asyncio.sleep(0)  # one more pass of the loop: requests read with this one get queued
         while total < self.max_rows:
             try:
                 item = self._queue.get_nowait()
@@ -102,9 +118,9 @@ class MicroBatcher:
     async def _run(self) -> None:
         while True:
             batch = await self._collect()
-            groups: dict[int, list[_Pending]] = {}
+            groups: dict[tuple[int, bool], list[_Pending]] = {}
             for pending in batch:
-                groups.setdefault(id(pending.model), []).append(pending)
+                groups.setdefault((id(pending.model), pending.with_proba), []).append(pending)
             for group in groups.values():
                 try:
                     await self._predict_group(group)
@@ -114,30 +130,39 @@ class MicroBatcher:
                         _settle(pending, exc=exc)
 
     async def _predict_group(self, group: list[_Pending]) -> None:
-        rows = group[0].rows if len(group) == 1 else np.concatenate([p.rows for p in group])
+        first = group[0]
+        rows = first.rows if len(group) == 1 else np.concatenate([p.rows for p in group])
         try:
-            result = await self._call(group[0].model, rows)
+            predictions, probabilities = await self._call(first.model, rows, first.with_proba)
         except Exception as exc:
             if len(group) == 1:
-                _settle(group[0], exc=exc)
+                _settle(first, exc=exc)
                 return
             for pending in group:  # isolate the request that made the batch fail
                 try:
-                    _settle(pending, result=await self._call(pending.model, pending.rows))
+                    _settle(pending, result=await self._call(pending.model, pending.rows, pending.with_proba))
                 except Exception as single_exc:
                     _settle(pending, exc=single_exc)
             return
         offset = 0
         for pending in group:
-            count = len(pending.rows)
-            _settle(pending, result=result[offset : offset + count])
-            offset += count
+            end = offset + len(pending.rows)
+            part = probabilities[offset:end] if probabilities is not None else None
+            _settle(pending, result=(predictions[offset:end], part))
+            offset = end
 
 
-def _settle(pending: _Pending, result: npt.NDArray[Any] | None = None, exc: BaseException | None = None) -> None:
+def _predict(model: LoadedModel, rows: FloatRows, with_proba: bool) -> Prediction:
+    predictions = model.predict_rows(rows)
+    if not with_proba or model.predict_proba_rows is None:
+        return predictions, None
+    return predictions, model.predict_proba_rows(rows)
+
+
+def _settle(pending: _Pending, result: Prediction | None = None, exc: BaseException | None = None) -> None:
     if pending.future.done():
         return
     if exc is not None:
         pending.future.set_exception(exc)
     else:
-        pending.future.set_result(result if result is not None else np.empty(0))
+        pending.future.set_result(result if result is not None else (np.empty(0), None))

@@ -35,7 +35,19 @@ class Settings(BaseSettings):
     # Micro-batching of concurrent requests into one predict call.
     batching_enabled: bool = True
     batch_max_rows: int = Field(default=512, ge=1)
-    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    batch_max_wait_ms: float = Field(default=0.0, ge=0)
+    # MLflow registry webhooks (POST /webhooks/mlflow): the HMAC secret the webhook was created
+    # with; unset, the endpoint answers 404. Deliveries older than the max age are refused.
+    webhook_secret: SecretStr | None = None
+    webhook_max_age_seconds: float = Field(default=300.0, gt=0)
+    # Peers told about webhooks and reloads (serving/app/cluster.py): a headless Service name
+    # resolved to every ready pod, on peer_port, and/or comma-separated base URLs.
+    peers_dns: str | None = None
+    peer_port: int = Field(default=8000, ge=1, le=65535)
+    peer_urls: str = ""
+    peer_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Directory shared by the workers of one replica (uvicorn --workers N); unset: one worker.
+    workers_dir: str | None = None
     # Client-side limits for registry calls, applied unless MLFLOW_HTTP_REQUEST_* are set:
     # MLflow's own defaults (120 s timeout, 7 retries) would stall a check for minutes.
     registry_timeout_seconds: int = Field(default=10, ge=1)
@@ -49,6 +61,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "SERVING_RELOAD_TOKEN is a placeholder or shorter than "
                     f"{MIN_PRODUCTION_TOKEN_LENGTH} characters; set a real token outside development"
+                )
+            secret = self.webhook_secret.get_secret_value() if self.webhook_secret is not None else None
+            if secret is not None and (
+                secret.strip().lower() in PLACEHOLDER_TOKENS or len(secret) < MIN_PRODUCTION_TOKEN_LENGTH
+            ):
+                raise ValueError(
+                    "SERVING_WEBHOOK_SECRET is a placeholder or shorter than "
+                    f"{MIN_PRODUCTION_TOKEN_LENGTH} characters; set a real secret outside development"
                 )
         return self
 

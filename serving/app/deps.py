@@ -13,6 +13,7 @@ from typing import Annotated, cast
 from fastapi import Depends, HTTPException, Request, status
 
 from .batcher import MicroBatcher
+from .cluster import Cluster
 from .config import Settings
 from .metrics import ServingMetrics
 from .model_store import LoadedModel, ModelStore
@@ -26,6 +27,7 @@ class ServingState:
     metrics: ServingMetrics
     store: ModelStore
     batcher: MicroBatcher
+    cluster: Cluster
 
 
 async def get_state(request: Request) -> ServingState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -53,6 +54,18 @@ class ServingMetrics:
         self.registry_errors = Counter(
             "serving_registry_errors", "Registry checks that failed (unreachable, missing alias)", registry=r
         )
+        self.last_error_at = Gauge(
+            "serving_model_last_error_timestamp_seconds",
+            "Unix time of the latest failed check, by kind (registry or load); GET /model shows only a current error",
+            ["kind"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "serving_webhook_deliveries",
+            "MLflow webhook deliveries by outcome (accepted, ignored, refused)",
+            ["outcome"],
+            registry=r,
+        )
         self.last_swap = Gauge("serving_model_last_swap_timestamp_seconds", "Unix time of the last swap", registry=r)
         self.last_load_seconds = Gauge(
             "serving_model_last_load_seconds",
@@ -71,13 +84,25 @@ class ServingMetrics:
         self.last_load_seconds.set(load_seconds)
 
 
-class MetricsMiddleware:
-    """Counts and times every request (pure ASGI: a BaseHTTPMiddleware would cost more)."""
+VERSION_HEADER = b"x-model-version"
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics, known_paths: frozenset[str]) -> None:
+
+class MetricsMiddleware:
+    """Counts and times every request, and gives every response an `X-Model-Version` header
+    (the version this worker serves, unless the route set it: /predict names the version that
+    made its predictions). Pure ASGI: a BaseHTTPMiddleware would cost more."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServingMetrics,
+        known_paths: frozenset[str],
+        served_version: Callable[[], str | None],
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths
+        self.served_version = served_version
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,6 +115,10 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = message.setdefault("headers", [])
+                version = self.served_version()
+                if version is not None and not any(name == VERSION_HEADER for name, _ in headers):
+                    message["headers"] = [*headers, (VERSION_HEADER, version.encode())]
             await send(message)
 
         try:

@@ -31,6 +31,10 @@ log = logging.getLogger("serving.model_store")
 FloatRows = npt.NDArray[np.float64]
 PredictFn = Callable[[FloatRows], npt.NDArray[Any]]
 
+# Rows of synthetic input the forest path must also agree on before it is used (besides the
+# logged example): spread over and beyond the range of every split threshold, and on them.
+_FOREST_CHECK_ROWS = 256
+
 _NUMERIC_COLUMN_TYPES = {"double", "float", "long", "integer"}
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _NAME_REF_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<ref>[^/]+)$")
@@ -88,9 +92,19 @@ class ResolvedVersion:
     run_id: str | None
 
 
+Predictor = Literal["forest", "sklearn", "pyfunc"]
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """An immutable, checked, ready-to-call model. Swapping replaces the whole object."""
+    """An immutable, checked, ready-to-call model. Swapping replaces the whole object.
+
+    `predictor` says what computes predictions: "forest" (the trees of a scikit-learn forest
+    called directly, see `_make_forest_predict`), "sklearn" (the raw estimator) or "pyfunc"
+    (MLflow's pyfunc wrapper, with its schema enforcement). The first two are used only when they
+    gave exactly the pyfunc predictions at load time. `classes` and `class_labels` are set for
+    classifiers whose probabilities can be served (`predict_proba_rows`).
+    """
 
     name: str
     source_uri: str
@@ -101,8 +115,17 @@ class LoadedModel:
     loaded_at: datetime
     feature_names: tuple[str, ...] | None
     n_features: int
-    fast_path: bool
+    predictor: Predictor
     predict_rows: PredictFn = field(repr=False, compare=False)
+    predict_proba_rows: PredictFn | None = field(default=None, repr=False, compare=False)
+    classes: tuple[Any, ...] | None = None
+    class_labels: tuple[str, ...] | None = None
+    # MLflow's model metadata (signature, flavors), for the /invocations protocol.
+    metadata: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def fast_path(self) -> bool:
+        return self.predictor != "pyfunc"
 
     def describe_features(self) -> str:
         if self.feature_names:
@@ -128,6 +151,14 @@ class CheckResult:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def resolve(source: ModelSource) -> ResolvedVersion:
@@ -233,17 +264,112 @@ def _make_pyfunc_predict(pyfunc_model: Any, names: tuple[str, ...] | None, types
     return predict
 
 
-def _make_sklearn_predict(raw: Any, names: tuple[str, ...] | None) -> PredictFn:
+def _sklearn_input(raw: Any, names: tuple[str, ...] | None) -> Callable[[FloatRows], Any]:
     import pandas as pd
 
     wants_frame = names is not None and hasattr(raw, "feature_names_in_")
     column_list = list(names) if names else []
 
-    def predict(rows: FloatRows) -> npt.NDArray[Any]:
-        data: Any = pd.DataFrame(rows, columns=column_list) if wants_frame else rows
-        return _as_array(raw.predict(data))
+    def to_input(rows: FloatRows) -> Any:
+        return pd.DataFrame(rows, columns=column_list) if wants_frame else rows
 
-    return predict
+    return to_input
+
+
+def _make_sklearn_predict(raw: Any, names: tuple[str, ...] | None) -> tuple[PredictFn, PredictFn | None]:
+    to_input = _sklearn_input(raw, names)
+
+    def predict(rows: FloatRows) -> npt.NDArray[Any]:
+        return _as_array(raw.predict(to_input(rows)))
+
+    if not (hasattr(raw, "predict_proba") and hasattr(raw, "classes_")):
+        return predict, None
+
+    def predict_proba(rows: FloatRows) -> npt.NDArray[Any]:
+        return np.asarray(raw.predict_proba(to_input(rows)), dtype=np.float64)
+
+    return predict, predict_proba
+
+
+def _make_forest_predict(raw: Any, names: tuple[str, ...] | None) -> tuple[PredictFn, PredictFn | None] | None:
+    """Predict with a scikit-learn forest by calling each tree's compiled `apply` directly.
+
+    `RandomForestClassifier.predict` of one row costs ~10 ms of CPU on this kind of machine, nearly
+    all of it Python dispatch around the 100 trees (per-tree `check_is_fitted` and its tags, input
+    validation, joblib's config context and warning filters), holding the GIL the event loop
+    needs; the traversal itself is microseconds. This does what sklearn does for
+    `n_outputs_ == 1`, in the same order and the same arithmetic: float32 input, each tree's leaf
+    values (fractions per class for a classifier) summed tree after tree into zeros, divided by
+    the number of trees, argmax taken into `classes_`. Rows that are not finite in float32 go to
+    the estimator itself, so its own validation (missing-value support, its error messages)
+    applies. Returns None for anything else; `load_and_check` keeps the result only if it equals
+    the pyfunc predictions on the logged example and on synthetic rows around every threshold.
+    """
+    from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
+
+    classifier = isinstance(raw, ForestClassifier)
+    if not (classifier or isinstance(raw, ForestRegressor)) or getattr(raw, "n_outputs_", 0) != 1:
+        return None
+    estimators = list(getattr(raw, "estimators_", []))
+    if not estimators or not all(hasattr(e, "tree_") for e in estimators):
+        return None
+    trees = [e.tree_ for e in estimators]
+    to_input = _sklearn_input(raw, names)
+    if classifier:
+        n_classes = int(raw.n_classes_)
+        tables = [np.ascontiguousarray(t.value[:, 0, :n_classes], dtype=np.float64) for t in trees]
+    else:
+        tables = [np.ascontiguousarray(t.value[:, 0, 0], dtype=np.float64) for t in trees]
+    count = len(trees)
+
+    def as_float32(rows: FloatRows) -> npt.NDArray[np.float32] | None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            x32 = np.ascontiguousarray(rows, dtype=np.float32)
+        return x32 if np.isfinite(x32).all() else None
+
+    def accumulate(x32: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        total = np.zeros((len(x32), n_classes) if classifier else len(x32), dtype=np.float64)
+        for tree, table in zip(trees, tables, strict=True):
+            total += table[tree.apply(x32)]
+        total /= count
+        return total
+
+    def predict(rows: FloatRows) -> npt.NDArray[Any]:
+        x32 = as_float32(rows)
+        if x32 is None:
+            return _as_array(raw.predict(to_input(rows)))
+        total = accumulate(x32)
+        return np.asarray(raw.classes_.take(np.argmax(total, axis=1), axis=0)) if classifier else total
+
+    if not classifier:
+        return predict, None
+
+    def predict_proba(rows: FloatRows) -> npt.NDArray[Any]:
+        x32 = as_float32(rows)
+        if x32 is None:
+            return np.asarray(raw.predict_proba(to_input(rows)), dtype=np.float64)
+        return accumulate(x32)
+
+    return predict, predict_proba
+
+
+def _forest_check_rows(raw: Any, example: FloatRows) -> FloatRows:
+    """The example plus deterministic rows spread around, and on, every split threshold."""
+    thresholds: list[list[float]] = [[] for _ in range(example.shape[1])]
+    for estimator in raw.estimators_:
+        tree = estimator.tree_
+        for feature, threshold in zip(tree.feature, tree.threshold, strict=True):
+            if feature >= 0:
+                thresholds[feature].append(float(threshold))
+    rng = np.random.default_rng(0)
+    columns = []
+    for feature, values in enumerate(thresholds):
+        known = np.asarray(values or [float(example[0, feature])])
+        low, high = float(known.min()) - 1.0, float(known.max()) + 1.0
+        spread = rng.uniform(low, high, _FOREST_CHECK_ROWS)
+        spread[: min(len(known), _FOREST_CHECK_ROWS // 4)] = rng.permutation(known)[: _FOREST_CHECK_ROWS // 4]
+        columns.append(spread)
+    return np.vstack([example, np.column_stack(columns)])
 
 
 def _as_array(result: Any) -> npt.NDArray[Any]:
@@ -274,14 +400,27 @@ def load_and_check(source: ModelSource, resolved: ResolvedVersion, name: str) ->
         raise ModelLoadError(
             f"smoke prediction for {resolved.uri} returned {len(expected)} results for {len(example)} rows"
         )
-    predict, fast = reference, False
+    predict, predict_proba, predictor = reference, None, "pyfunc"
+    classes: tuple[Any, ...] | None = None
     # The scikit-learn flavor skips pyfunc's per-call pandas schema enforcement (the request is
     # validated against the signature already); keep it only if it agrees with pyfunc.
     if "sklearn" in pyfunc_model.metadata.flavors:
         with contextlib.suppress(Exception):
-            candidate = _make_sklearn_predict(pyfunc_model.get_raw_model(), names)
+            raw = pyfunc_model.get_raw_model()
+            candidate, candidate_proba = _make_sklearn_predict(raw, names)
             if np.array_equal(candidate(example), expected):
-                predict, fast = candidate, True
+                predict, predict_proba, predictor = candidate, candidate_proba, "sklearn"
+                if candidate_proba is not None:
+                    classes = tuple(raw.classes_.tolist())
+            forest = _make_forest_predict(raw, names)
+            if forest is not None and predictor == "sklearn":
+                rows = _forest_check_rows(raw, example)
+                forest_predict, forest_proba = forest
+                same = np.array_equal(forest_predict(rows), candidate(rows))
+                if same and forest_proba is not None and candidate_proba is not None:
+                    same = np.array_equal(forest_proba(rows), candidate_proba(rows))
+                if same:
+                    predict, predict_proba, predictor = forest_predict, forest_proba, "forest"
     return LoadedModel(
         name=source.name or name,
         source_uri=source.uri,
@@ -292,9 +431,24 @@ def load_and_check(source: ModelSource, resolved: ResolvedVersion, name: str) ->
         loaded_at=_utcnow(),
         feature_names=names,
         n_features=n_features,
-        fast_path=fast,
+        predictor=cast(Predictor, predictor),
         predict_rows=predict,
+        predict_proba_rows=predict_proba,
+        classes=classes,
+        class_labels=_class_labels(pyfunc_model, classes),
+        metadata=pyfunc_model.metadata,
     )
+
+
+def _class_labels(pyfunc_model: Any, classes: tuple[Any, ...] | None) -> tuple[str, ...] | None:
+    """Names of the classes: the model's `class_names` metadata (log_model(metadata=...)) when it
+    has one name per class, else the class values themselves (the training data's labels)."""
+    if classes is None:
+        return None
+    names = (getattr(pyfunc_model.metadata, "metadata", None) or {}).get("class_names")
+    if isinstance(names, list) and len(names) == len(classes):
+        return tuple(str(name) for name in names)
+    return tuple(str(value) for value in classes)
 
 
 class ModelStore:
@@ -309,10 +463,12 @@ class ModelStore:
         self.last_swap_at: datetime | None = None
         self.last_check_at: datetime | None = None
         self.last_check_outcome: str | None = None
+        # The error of the latest check, if it failed; a check that succeeds (swapped or
+        # unchanged) clears it. Earlier failures are counted in the metrics.
         self.last_error: LastError | None = None
         self._check_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
         self._first_check_done = asyncio.Event()
+        self._on_check: list[Callable[[], None]] = []
         self._watcher: asyncio.Task[None] | None = None
         self._triggered: set[asyncio.Task[CheckResult]] = set()
 
@@ -328,6 +484,12 @@ class ModelStore:
             finally:
                 self.last_check_at = _utcnow()
                 self._first_check_done.set()
+                for callback in self._on_check:
+                    callback()
+
+    def on_check(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) after every check, whatever its outcome."""
+        self._on_check.append(callback)
 
     def trigger_check(self, trigger: str) -> asyncio.Task[CheckResult]:
         """Start a check that runs to its end even if whoever asked for it stops waiting."""
@@ -344,10 +506,12 @@ class ModelStore:
         except RegistryError as exc:
             self.metrics.registry_errors.inc()
             self.last_error = LastError("registry", str(exc), _utcnow())
+            self.metrics.last_error_at.labels("registry").set(self.last_error.at.timestamp())
             self.last_check_outcome = "registry_error"
             log.warning("registry check (%s) failed, still serving %s: %s", trigger, serving, exc)
             return CheckResult("registry_error", serving, error=str(exc))
         if current is not None and current.key == resolved.key:
+            self.last_error = None
             self.last_check_outcome = "unchanged"
             return CheckResult("unchanged", serving, resolved.version)
         started = time.perf_counter()
@@ -357,6 +521,7 @@ class ModelStore:
             message = str(exc) if isinstance(exc, ModelLoadError) else _short(exc)
             self.metrics.swap_failures.inc()
             self.last_error = LastError("load", message, _utcnow(), resolved.version)
+            self.metrics.last_error_at.labels("load").set(self.last_error.at.timestamp())
             self.last_check_outcome = "load_failed"
             log.error(
                 "version %s failed to load (%s), still serving %s: %s",
@@ -367,26 +532,25 @@ class ModelStore:
             )
             return CheckResult("load_failed", serving, resolved.version, message)
         self.current = loaded  # the atomic swap
+        self.last_error = None
         self.swaps += 1
         self.last_swap_at = loaded.loaded_at
         self.last_check_outcome = "swapped"
         self.metrics.record_swap(loaded, previous=current, load_seconds=time.perf_counter() - started)
         log.info(
-            "now serving %s version %s (was %s, trigger %s, fast path %s)",
+            "now serving %s version %s (was %s, trigger %s, predictor %s)",
             loaded.name,
             loaded.version or loaded.key,
             serving,
             trigger,
-            loaded.fast_path,
+            loaded.predictor,
         )
         return CheckResult("swapped", loaded.version, loaded.version)
 
     async def _watch(self) -> None:
         await self.check("startup")
         while self.polls:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_seconds)
-            self._wake.clear()
+            await asyncio.sleep(self.settings.poll_interval_seconds)
             try:
                 await self.check("poll")
             except Exception:  # the watcher must survive anything a check throws
@@ -406,8 +570,5 @@ class ModelStore:
             await asyncio.wait_for(self._first_check_done.wait(), timeout=timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await cancel_and_wait(self._watcher)
+        self._watcher = None

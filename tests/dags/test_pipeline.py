@@ -297,3 +297,36 @@ def test_reload_against_the_model_server(mlflow_tracking_uri: str, unique_model_
         assert reload_and_wait(server.url, TOKEN, second.version, timeout=60, interval=0.5) == "2"
     finally:
         server.stop()
+
+
+@pytest.mark.mlflow
+def test_the_wait_covers_every_replica(mlflow_tracking_uri: str, unique_model_name: str, tmp_path: Path) -> None:
+    """The reload reaches replica a, which tells b; the wait returns once both serve the version,
+    and does not return while a peer does not answer."""
+    from mlopslab_pipeline.serving_client import ServingError, reload_and_wait
+
+    from tests.support.mlflow_server import free_port, register_iris_model
+    from tests.support.serving_app import TOKEN, UvicornServer
+
+    register_iris_model(mlflow_tracking_uri, unique_model_name, n_estimators=5)
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+        "SERVING_MODEL_NAME": unique_model_name,
+        "SERVING_RELOAD_TOKEN": TOKEN,
+        "SERVING_POLL_INTERVAL_SECONDS": "3600",  # only reloads make them look
+    }
+    b = UvicornServer(env, tmp_path / "b.log")
+    a = UvicornServer({**env, "SERVING_PEER_URLS": b.url}, tmp_path / "a.log")
+    lonely = UvicornServer({**env, "SERVING_PEER_URLS": f"http://127.0.0.1:{free_port()}"}, tmp_path / "lonely.log")
+    try:
+        for server in (a, b, lonely):
+            server.wait_ready()
+        second = register_iris_model(mlflow_tracking_uri, unique_model_name, n_estimators=6)
+        assert reload_and_wait(a.url, TOKEN, second.version, timeout=60, interval=0.2) == "2"
+        assert httpx.get(f"{b.url}/model").json()["version"] == "2"  # b was reached through a
+        with pytest.raises(ServingError, match=r"still reports version mixed: 2 on 1 worker\(s\), unreachable peers"):
+            reload_and_wait(lonely.url, TOKEN, second.version, timeout=3, interval=0.5)
+        assert httpx.get(f"{lonely.url}/model").json()["version"] == "2"  # it swapped; its peer is the problem
+    finally:
+        for server in (a, b, lonely):
+            server.stop()

@@ -48,3 +48,11 @@ def test_model_uris() -> None:
         stage = parse_source(Settings(model_uri="models:/my_model/Production"))
     assert (stage.kind, stage.name, stage.ref) == ("stage", "my_model", "Production")
     assert parse_source(Settings(model_uri="runs:/abc/model")).kind == "static"
+
+
+@pytest.mark.parametrize("secret", ["change-me", "secret", "short-but-real"])
+def test_production_refuses_a_placeholder_or_short_webhook_secret(secret: str) -> None:
+    with pytest.raises(ValidationError, match="SERVING_WEBHOOK_SECRET is a placeholder"):
+        Settings(environment="production", reload_token=TOKEN, webhook_secret=secret)
+    assert Settings(environment="production", reload_token=TOKEN).webhook_secret is None  # unset: webhooks off
+    assert Settings(webhook_secret=secret).webhook_secret is not None  # development accepts anything

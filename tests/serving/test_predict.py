@@ -25,6 +25,9 @@ def test_seed_curl_body_returns_the_iris_prediction(client: TestClient, module_c
     assert body["predictions"] == [0]  # setosa
     assert body["model_version"] == module_champion.version == "1"
     assert body["model_name"] == module_champion.name
+    assert response.headers["x-model-version"] == "1"
+    assert "probabilities" not in body  # opt-in
+    assert "labels" not in body
 
 
 def test_batches_and_columns_equal_the_model_on_each_row_alone(
@@ -134,9 +137,18 @@ def test_info_health_readiness_and_openapi(client: TestClient, module_champion: 
         "petal width (cm)",
     ]
     assert info["fast_path"] is True
+    assert info["predictor"] == "forest"
+    assert info["classes"] == [0, 1, 2]
+    assert info["class_labels"] == ["setosa", "versicolor", "virginica"]  # the model's class_names metadata
+    for path in ("/healthz", "/model", "/readyz", "/metrics", "/openapi.json"):
+        assert client.get(path).headers["x-model-version"] == "1", path
     spec = client.get("/openapi.json").json()
     assert {"/predict", "/model", "/reload", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in client.get("/docs").text
+    assert "cdn" not in client.get("/redoc").text
+    assert client.get("/docs-assets/redoc.standalone.js").status_code == 200
+    assert client.post("/webhooks/mlflow", json={}).status_code == 404  # no SERVING_WEBHOOK_SECRET
     assert not math.isnan(np.float64(info["n_features"]))
 
 
@@ -165,3 +177,39 @@ def test_concurrent_single_rows_are_batched_and_each_equals_its_own_prediction(
     calls = metric_value(metrics, "serving_batch_rows_count")
     assert metric_value(metrics, "serving_batch_rows_sum") == len(rows)
     assert calls < len(rows) / 2, f"{len(rows)} concurrent requests made {calls} predict calls"
+
+
+def test_probabilities_and_labels_are_opt_in_and_equal_the_model(
+    client: TestClient, module_champion: RegisteredIris
+) -> None:
+    data: Any = load_iris(as_frame=True)
+    frame = data.data.iloc[::10]
+    reference = mlflow.pyfunc.load_model(module_champion.model_uri).get_raw_model()
+    response = client.post(
+        "/predict", json={"features": frame.to_numpy().tolist(), "probabilities": True, "labels": True}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["classes"] == [0, 1, 2]
+    assert body["probabilities"] == reference.predict_proba(frame).tolist()
+    assert body["predictions"] == reference.predict(frame).tolist()
+    names = ["setosa", "versicolor", "virginica"]
+    assert body["labels"] == [names[p] for p in body["predictions"]]
+    only_labels = client.post("/predict", json={"features": SEED_ROW, "labels": True}).json()
+    assert only_labels["labels"] == ["setosa"]
+    assert "probabilities" not in only_labels
+
+
+def test_the_schema_says_features_or_columns_not_both(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictRequest"}
+    request = spec["components"]["schemas"]["PredictRequest"]
+    assert request["oneOf"] == [
+        {"$ref": "#/components/schemas/FeaturesRequest"},
+        {"$ref": "#/components/schemas/ColumnsRequest"},
+    ]
+    for name, field in (("FeaturesRequest", "features"), ("ColumnsRequest", "columns")):
+        schema = spec["components"]["schemas"][name]
+        assert schema["required"] == [field]
+        assert schema["additionalProperties"] is False

@@ -120,6 +120,15 @@ def test_a_broken_version_leaves_the_old_one_serving(
         # The next check tries again (and fails again): the failure is not cached.
         assert client.post("/reload", headers=AUTH).json()["outcome"] == "load_failed"
         assert metric_value(client.get("/metrics").text, "serving_model_swap_failures_total") == 2
+        # The alias moves back: the error is history (metrics), no longer the current state.
+        MlflowClient(mlflow_tracking_uri).set_registered_model_alias(champion.name, "champion", "1")
+        assert client.post("/reload", headers=AUTH).json()["outcome"] == "unchanged"
+        info = client.get("/model").json()
+        assert info["last_error"] is None
+        assert info["last_check_outcome"] == "unchanged"
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "serving_model_swap_failures_total") == 2
+        assert 'serving_model_last_error_timestamp_seconds{kind="load"}' in metrics
 
 
 def test_an_unreachable_registry_leaves_the_model_serving(
@@ -142,6 +151,8 @@ def test_an_unreachable_registry_leaves_the_model_serving(
         register_iris_model(mlflow_tracking_uri, champion.name, random_state=2)
         assert client.post("/reload", headers=AUTH).json()["outcome"] == "swapped"
         assert served_version(client) == "2"
+        assert client.get("/model").json()["last_error"] is None  # the registry error was fixed
+        assert metric_value(client.get("/metrics").text, "serving_registry_errors_total") == 1
 
 
 def test_not_ready_until_a_model_loads(

@@ -18,7 +18,8 @@ Interface (small on purpose; the serving and DAG suites share it):
                         max_depth=None, random_state=0, experiment="tests") -> RegisteredIris
         Trains a RandomForest on the bundled iris data set (named columns, so the signature has
         column names), logs it with signature + input example (skops, with the trusted type a
-        RandomForest needs), registers a new version of `name` and points `alias` at it
+        RandomForest needs) and the class names as metadata ("class_names"), registers a new
+        version of `name` and points `alias` at it
         (alias=None: no alias). Returns .name, .version (str), .run_id, .model_uri.
 
     use_tracking_uri(uri)  (context manager)
@@ -216,6 +217,8 @@ def register_iris_model(
                 input_example=example,
                 registered_model_name=name,
                 skops_trusted_types=IRIS_SKOPS_TRUSTED_TYPES,
+                # names of the classes 0, 1, 2 (served as labels on request)
+                metadata={"class_names": [str(name) for name in data.target_names]},
                 # Explicit requirements skip MLflow's inference, which imports the model in a
                 # subprocess and costs ~15 s a version on this kind of machine.
                 pip_requirements=_pinned_requirements(),

@@ -1,7 +1,7 @@
 """The model server (serving/) as a real process, and small helpers for tests that drive it.
 
-UvicornServer(env, log_path): `python -m uvicorn serving.app.main:app` on a free loopback
-    port, one worker, env added to os.environ (SERVING_*, MLFLOW_TRACKING_URI...);
+UvicornServer(env, log_path, workers=1, host="127.0.0.1"): `python -m uvicorn serving.app.main:app`
+    on a free loopback port, env added to os.environ (SERVING_*, MLFLOW_TRACKING_URI...);
     .url, .wait_ready(timeout), .stop().
 wait_for(predicate, timeout, what): poll until true or fail naming `what`.
 metric_value(prometheus_text, name): an unlabelled sample's value.
@@ -44,14 +44,14 @@ def metric_value(text: str, name: str) -> float:
 
 
 class UvicornServer:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, host: str = "127.0.0.1") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "serving.app.main:app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1", "--no-access-log"],
+                [sys.executable, "-m", "uvicorn", "serving.app.main:app", "--host", host,
+                 "--port", str(self.port), "--workers", str(workers), "--no-access-log"],
                 cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -1,19 +1,31 @@
-"""Model information, token-protected reload, health, readiness and Prometheus metrics."""
+"""Model information, the replicas' agreement, token-protected reload, MLflow webhooks, health,
+readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
-from typing import Annotated, Any
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import webhooks
+from ..cluster import REPLICA
 from ..deps import StateDep
 from ..model_store import ModelStore
-from ..schemas import ErrorResponse, LastErrorOut, ModelInfo, ReloadResult
+from ..schemas import (
+    ErrorResponse,
+    LastErrorOut,
+    ModelInfo,
+    ReloadResult,
+    ReplicasView,
+    WebhookResult,
+)
 
 router = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="SERVING_RELOAD_TOKEN")
@@ -41,14 +53,18 @@ def model_info(store: ModelStore) -> ModelInfo:
         feature_names=list(model.feature_names) if model and model.feature_names else None,
         n_features=model.n_features if model else None,
         fast_path=model.fast_path if model else None,
+        predictor=model.predictor if model else None,
+        classes=list(model.classes) if model and model.classes is not None else None,
+        class_labels=list(model.class_labels) if model and model.class_labels is not None else None,
+        replica=f"{REPLICA}/{os.getpid()}",
         poll_interval_seconds=store.settings.poll_interval_seconds if store.polls else None,
     )
 
 
 @router.get("/", tags=["info"])
 async def root(state: StateDep) -> dict[str, Any]:
-    store = state.store
     """What this server is and what it serves."""
+    store = state.store
     model = store.current
     return {
         "service": "mlops-lab model server",
@@ -82,8 +98,8 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": ErrorResponse, "description": "No model loaded yet"}},
 )
 async def readyz(state: StateDep) -> dict[str, Any]:
-    store = state.store
     """Readiness: a model is loaded (stays true while a newer version fails or the registry is down)."""
+    store = state.store
     if store.current is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="no model loaded yet")
     return {"status": "ready", "version": store.current.version}
@@ -121,10 +137,17 @@ async def require_reload_token(
         403: {"model": ErrorResponse, "description": "Wrong token"},
     },
 )
-async def reload(state: StateDep) -> Any:
+async def reload(
+    state: StateDep,
+    propagate: Annotated[
+        bool, Query(description="Also tell the peer replicas (false: this call comes from a peer)")
+    ] = True,
+) -> Any:
+    """Check the registry now (instead of at the next poll) and swap if the alias moved; the
+    other workers of this replica and (unless `propagate=false`) the peer replicas check too."""
     store, settings = state.store, state.settings
-    """Check the registry now (instead of at the next poll) and swap if the alias moved."""
-    check = store.trigger_check("reload")
+    check = store.trigger_check("reload" if propagate else "peer")
+    state.cluster.announce("reload", propagate)
     done, _ = await asyncio.wait({check}, timeout=settings.reload_wait_seconds)
     if not done:
         current = store.current
@@ -136,4 +159,84 @@ async def reload(state: StateDep) -> Any:
         serving_version=result.serving_version,
         target_version=result.target_version,
         error=result.error,
+    )
+
+
+@router.get("/replicas", response_model=ReplicasView, tags=["info"])
+async def replicas(
+    state: StateDep,
+    scope: Annotated[
+        Literal["all", "local"], Query(description="all: every peer replica too; local: this replica's workers")
+    ] = "all",
+) -> ReplicasView:
+    """Which version every worker of every replica serves, and whether they all agree (`agreed`:
+    every worker answered, has a model, and all serve `version`)."""
+    view = await state.cluster.view(scope)
+    return ReplicasView.model_validate(asdict(view))
+
+
+@router.post(
+    "/webhooks/mlflow",
+    response_model=WebhookResult,
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["info"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookDelivery"}}},
+        }
+    },
+    responses={
+        200: {"model": WebhookResult, "description": "Signed, but not a move of the served alias: ignored"},
+        400: {"model": ErrorResponse, "description": "Signed, but not an MLflow delivery"},
+        401: {"model": ErrorResponse, "description": "Unsigned delivery (missing or malformed headers)"},
+        403: {"model": ErrorResponse, "description": "Wrong signature, or a delivery older than the max age"},
+        404: {"model": ErrorResponse, "description": "Webhooks are not enabled (no SERVING_WEBHOOK_SECRET)"},
+    },
+)
+async def mlflow_webhook(
+    request: Request,
+    state: StateDep,
+    x_mlflow_delivery_id: Annotated[str | None, Header()] = None,
+    x_mlflow_timestamp: Annotated[str | None, Header()] = None,
+    x_mlflow_signature: Annotated[str | None, Header()] = None,
+) -> Any:
+    """MLflow registry webhook (create it for `model_version_alias.created` with the secret of
+    SERVING_WEBHOOK_SECRET): a signed move of the served alias starts a check on this worker, its
+    siblings and every peer replica, and answers 202 at once; any other event answers 200
+    `ignored`."""
+    secret = state.settings.webhook_secret
+    if secret is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="webhooks are not enabled: set SERVING_WEBHOOK_SECRET")
+    body = await request.body()
+    try:
+        webhooks.verify(
+            secret.get_secret_value(),
+            body,
+            x_mlflow_delivery_id,
+            x_mlflow_timestamp,
+            x_mlflow_signature,
+            state.settings.webhook_max_age_seconds,
+        )
+        delivery = webhooks.parse(body)
+    except webhooks.WebhookRefused as refused:
+        state.metrics.webhooks.labels("refused").inc()
+        raise HTTPException(refused.status_code, detail=refused.message) from None
+    source = state.store.source
+    alias = source.ref if source.kind == "alias" else None
+    reason = webhooks.champion_moved(delivery, source.name, alias)
+    current = state.store.current
+    serving = current.version if current else None
+    if reason is not None:
+        state.metrics.webhooks.labels("ignored").inc()
+        ignored = WebhookResult(outcome="ignored", event=delivery.event, reason=reason, serving_version=serving)
+        return JSONResponse(ignored.model_dump(), status_code=status.HTTP_200_OK)
+    state.metrics.webhooks.labels("accepted").inc()
+    state.store.trigger_check("webhook")
+    state.cluster.announce("webhook", propagate=True)
+    return WebhookResult(
+        outcome="accepted",
+        event=delivery.event,
+        target_version=str(delivery.data.get("version")),
+        serving_version=serving,
     )
