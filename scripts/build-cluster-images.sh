@@ -83,6 +83,11 @@ with_binaries() { # tag dir binary...
   rm -rf "$ctx"
 }
 
+# One build at a time: the background build of scripts/test.sh and a test session may overlap.
+mkdir -p "$OUT"
+exec 8>"$OUT/.build.lock"
+flock 8
+
 case "${1:-}" in
   --context)
     [ $# -eq 4 ] && [ "$3" = --tag ] || die "usage: $0 --context DIR --tag TAG"
@@ -96,7 +101,7 @@ esac
 BIN=$(bash "$REPO/scripts/build-k8s.sh" | tail -1)
 # Versions: pause follows the Kubernetes source it is compiled from; coredns its binary; git-sync
 # names the upstream v4 contract it follows, with our own suffix.
-PAUSE_TAG=localhost/mlops-lab/pause:3.10.2
+PAUSE_TAG=localhost/mlops-lab/pause:$("$BIN/pause" -v | sed -n "s/^pause.c v//p")
 COREDNS_TAG=localhost/mlops-lab/coredns:$("$BIN/coredns" -version | sed -n 's/^CoreDNS-//p' | head -1)
 GIT_SYNC_TAG=localhost/mlops-lab/git-sync:v4-mlopslab1
 TOOLBOX_TAG=localhost/mlops-lab/toolbox:bookworm

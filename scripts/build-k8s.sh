@@ -14,6 +14,7 @@
 #               supports containerd 1.x (Debian bookworm has 1.6.20).
 #   helm        helm.sh/helm/v3 (kubernetes.core 6 drives Helm 3; Helm 4 is another CLI).
 #   coredns     a small main that imports coremain and only the plugins a cluster DNS needs.
+#   pause       upstream's static C pause from the same k8s.io/kubernetes module (gcc, libc6-dev).
 # runc and the CNI plugins come from Debian (scripts/apt-packages.txt: runc, containernetworking-plugins).
 # git-sync is not served by the Go module proxy here; images/git-sync/ holds a git-sync-compatible
 # script instead (scripts/build-cluster-images.sh builds its image).
@@ -30,7 +31,7 @@
 # Usage: scripts/build-k8s.sh                 build what is missing; last line of stdout = the bin dir
 #        scripts/build-k8s.sh --print-bin-dir print the bin dir path without building
 #        scripts/build-k8s.sh --clean-go-cache  build, then delete Go's build cache
-# Environment: MLOPSLAB_CACHE, BUILD_NICE (default 10).
+# Environment: MLOPSLAB_CACHE, BUILD_NICE (default 10), BUILD_K8S_PARTS (only these parts, no bin dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,8 @@ ETCD_VERSION=v3.6.16
 CONTAINERD_VERSION=v2.3.7
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.15.0
+# build/pause/Makefile's TAG in that Kubernetes module
+PAUSE_VERSION=3.10.2
 
 CACHE=${MLOPSLAB_CACHE:-$HOME/.cache/mlops-lab}
 PARTS=$CACHE/k8s/parts
@@ -189,12 +192,23 @@ EOF
   rm -rf "$w"
 }
 
+build_pause() { # out: upstream's static C pause (the sandbox image's only binary), same k8s.io/kubernetes module
+  local out=$1 src
+  src=$(cd "$CACHE" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  grep -q "^TAG ?= $PAUSE_VERSION\$" "$src/build/pause/Makefile" || die "pause is not $PAUSE_VERSION in $K8S_VERSION"
+  "${NICE[@]}" gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION" -o "$out/pause" "$src/build/pause/linux/pause.c"
+  strip "$out/pause"
+}
+
 # part name -> version; the key adds a hash of the build function and of the Go toolchain version.
 declare -A VERSIONS=(
   [kubernetes]=$K8S_VERSION [etcd]=$ETCD_VERSION [containerd]=$CONTAINERD_VERSION
-  [helm]=$HELM_VERSION [coredns]=$COREDNS_VERSION
+  [helm]=$HELM_VERSION [coredns]=$COREDNS_VERSION [pause]=$PAUSE_VERSION
 )
-ORDER=(kubernetes etcd containerd helm coredns)
+ORDER=(kubernetes etcd containerd helm coredns pause)
+# The machine's Go (/usr/local/go on this kind of machine, not always on a non-login PATH).
+command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
 GO_VERSION=$(go env GOVERSION 2>/dev/null) || die "no Go toolchain on PATH (the machine's Go, 1.26+)"
 part_key() {
   local h
@@ -218,12 +232,13 @@ if [ -f "$BIN/.complete" ]; then
 fi
 
 mkdir -p "$PARTS"
-# One build at a time: two test sessions may start together.
-exec 9>"$CACHE/k8s/.build.lock"
-flock 9
-for p in "${ORDER[@]}"; do
+# BUILD_K8S_PARTS="etcd helm" builds only those parts (e.g. in a second process); a lock per part lets
+# concurrent runs share the work and never build one part twice.
+for p in ${BUILD_K8S_PARTS:-${ORDER[*]}}; do
   key=$(part_key "$p")
   dir=$PARTS/$key
+  exec 9>"$PARTS/$key.lock"
+  flock 9
   if [ -f "$dir/.complete" ]; then
     log "$p ${VERSIONS[$p]}: cached"
     continue
@@ -236,6 +251,8 @@ for p in "${ORDER[@]}"; do
   touch "$dir/.complete"
   log "$p ${VERSIONS[$p]}: built in $(since "$t") s"
 done
+exec 9>&-
+[ -z "${BUILD_K8S_PARTS:-}" ] || exit 0
 
 # Assemble the bin dir from hard links (same file system) and drop stale bin dirs and parts.
 rm -rf "$BIN.partial"
@@ -246,7 +263,7 @@ rm -rf "$BIN"
 mv "$BIN.partial" "$BIN"
 keep=$(for p in "${ORDER[@]}"; do part_key "$p"; done)
 for d in "$PARTS"/*/; do
-  grep -qx "$(basename "$d")" <<<"$keep" || rm -rf "$d"
+  grep -qx "$(basename "$d")" <<<"$keep" || rm -rf "$d" "${d%/}.lock"
 done
 for d in "$CACHE"/k8s/v*/; do
   [ "$d" = "$(dirname "$BIN")/" ] || rm -rf "$d"

@@ -47,9 +47,9 @@ def apply(cluster: KubeCluster, ns: str, manifest: str) -> None:
 
 
 def wait(cluster: KubeCluster, ns: str, what: str, condition: str = "Ready", timeout: int = 120) -> None:
-    cluster.kubectl(
-        "-n", ns, "wait", f"--for=condition={condition}", what, f"--timeout={timeout}s", timeout=timeout + 10
-    )
+    """kubectl wait for a condition ("Ready") or a jsonpath test ("jsonpath={.status.phase}=Bound")."""
+    cond = condition if condition.startswith("jsonpath=") else f"condition={condition}"
+    cluster.kubectl("-n", ns, "wait", f"--for={cond}", what, f"--timeout={timeout}s", timeout=timeout + 10)
 
 
 def run_pod(
@@ -368,7 +368,6 @@ def test_git_sync_clones_from_the_host(kube_cluster: KubeCluster, ns: str, tmp_p
             f"--base-path={src.parent}",
             f"--listen={kube_cluster.host_ip}",
             f"--port={port}",
-            str(src.parent),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -453,7 +452,7 @@ def test_vm_sees_pod_ip_then_node_ip_with_masquerade(kube_cluster: KubeCluster, 
         "while True:\n"
         "    c, a = s.accept(); c.sendall(a[0].encode() + b'\\n'); c.close()\n"
     )
-    vm.exec(["sh", "-c", f'nohup python3 -c "{server}" >/tmp/peer-server.log 2>&1 &'])
+    vm.exec(["sh", "-c", f'nohup python3 -c "{server}" </dev/null >/tmp/peer-server.log 2>&1 &'])
     client = f"""python3 - <<'EOF'
 import socket, time
 for _ in range(40):
