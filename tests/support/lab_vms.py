@@ -12,7 +12,7 @@ that needs ``kube_cluster``. It yields a :class:`LabVms` with ``postgres`` and `
 * ``exec(argv)`` -> CompletedProcess: ``podman exec`` inside the VM.
 
 They are booted from the Molecule base image (``scripts/build-base-image.sh``: Debian bookworm with systemd
-as PID 1, python3, iproute2) on their own podman network ``mlopslab-labvms`` (bridge ``mlvm0``,
+as PID 1, python3, iproute2) on their own podman network ``mlopslab-labvms`` (podman names its bridge;
 10.236.0.0/24, gateway 10.236.0.1 on the host), like the seed's VMs on the lab LAN.
 
 Routing, as in the lab: the node gets a route to 10.236.0.0/24 via the host end of its veth
@@ -42,7 +42,6 @@ from tests.support.kube_cluster import KubeCluster
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/debian-systemd:bookworm"
 NETWORK = "mlopslab-labvms"
-BRIDGE = "mlvm0"
 SUBNET = "10.236.0.0/24"
 GATEWAY = "10.236.0.1"
 
@@ -139,9 +138,7 @@ def running_lab_vms(cluster: KubeCluster) -> Iterator[LabVms]:
     created_network = False
     try:
         if _podman(conf, "network", "exists", NETWORK, check=False).returncode != 0:
-            _podman(
-                conf, "network", "create", "--subnet", SUBNET, "--gateway", GATEWAY, "--interface-name", BRIDGE, NETWORK
-            )
+            _podman(conf, "network", "create", "--subnet", SUBNET, "--gateway", GATEWAY, NETWORK)
             created_network = True
         for vm in vms:
             _podman(
