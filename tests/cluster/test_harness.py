@@ -378,6 +378,7 @@ def test_git_sync_clones_from_the_host(kube_cluster: KubeCluster, ns: str, tmp_p
             ns,
             "git-sync",
             "cat /git/repo/dags/hello_dag.py; readlink /git/repo",
+            container={"volumeMounts": [{"name": "git", "mountPath": "/git"}]},
             initContainers=[
                 {
                     "name": "git-sync",

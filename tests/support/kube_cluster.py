@@ -537,7 +537,6 @@ data:
             ttl 5
         }}
         cache 5
-        loop
         reload
         loadbalance
     }}
@@ -941,7 +940,10 @@ class _Node:
                 "-c",
                 f"ip link set lo up && ip addr add {NODE_IP}/30 dev {VETH_NODE} && ip link set {VETH_NODE} up && "
                 "sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 "
-                "net.ipv4.conf.all.route_localnet=1",
+                "net.ipv4.conf.all.route_localnet=1 && "
+                # No default route: a route for the service CIDR lets the node's own processes reach
+                # ClusterIPs (the first route lookup precedes kube-proxy's DNAT in OUTPUT).
+                f"ip route add {SERVICE_CIDR} dev {VETH_NODE} src {NODE_IP}",
             ]
         )
         for cidr in (POD_CIDR, SERVICE_CIDR):
