@@ -9,9 +9,18 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.kube_apiserver import kube_apiserver
+from tests.support.kube_cluster import kube_cluster
+from tests.support.lab_vms import lab_vms
 from tests.support.mlflow_server import mlflow_server, mlflow_tracking_uri, unique_model_name
 
-__all__ = ["kube_apiserver", "mlflow_server", "mlflow_tracking_uri", "unique_model_name"]
+__all__ = ["kube_apiserver", "kube_cluster", "lab_vms", "mlflow_server", "mlflow_tracking_uri", "unique_model_name"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests on the real cluster run last: scripts/test.sh builds the cluster's binaries and images in
+    the background meanwhile (cold, that is the slowest step of a fresh machine), and the session
+    fixture then only waits for the build's lock. The sort is stable: the order is otherwise kept."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
 
 
 @pytest.fixture(autouse=True)
