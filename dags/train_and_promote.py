@@ -28,11 +28,13 @@ from mlopslab_pipeline.config import (
     DEFAULT_MIN_ACCURACY,
     DEFAULT_N_ESTIMATORS,
     DEFAULT_TOLERANCE,
+    GATE_TASK_ID,
+    TRAIN_DAG_ID,
 )
 
 
 @dag(
-    dag_id="train_and_promote",
+    dag_id=TRAIN_DAG_ID,
     description="Train, register, gate and promote a RandomForest; notify serving",
     schedule=None,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
@@ -75,7 +77,7 @@ def train_and_promote() -> None:
         return train_and_register(settings(), params, context["dag_run"].run_id).to_xcom()
 
     # Serialised across runs: two gates reading the same champion would race to move it.
-    @task(max_active_tis_per_dag=1)
+    @task(task_id=GATE_TASK_ID, max_active_tis_per_dag=1)
     def gate(trained: dict[str, Any]) -> dict[str, Any]:
         from mlflow import MlflowClient
         from mlopslab_pipeline.airflow_support import settings, who_and_via

@@ -1,20 +1,9 @@
 """`python -m runner train`: trigger `train_and_promote` on the inventory's Airflow and follow it.
 
-The seed's `train.sh`, done through Airflow's REST API v2: one call triggers one DAG run with
-the training params as its conf (several can run at once: each gets its own run id), then
-polls the run and its task instances until the run ends, printing task state changes, and
-reads the gate's return value to tell promoted from rejected (and why).
-
-Authentication is pluggable: any ``httpx.Auth``. Airflow 3's API wants a JWT:
-
-- ``PasswordTokenAuth(api_url, username, password)`` gets one from ``POST /auth/token`` (the
-  simple auth manager's endpoint, also served by the FAB auth manager) on first use and again
-  when the API answers 401 (tokens expire);
-- ``BearerTokenAuth(token)`` sends a token obtained elsewhere;
-- ``auth_from_env()`` picks one of them from MLOPSLAB_AIRFLOW_TOKEN or
-  MLOPSLAB_AIRFLOW_USERNAME + MLOPSLAB_AIRFLOW_PASSWORD.
-
-Interface for the CLI:
+The client itself is the pipeline's (``mlopslab_pipeline.airflow_api``: the in-cluster first
+champion uses it too); this module adds what the control node needs around it: the params as
+the CLI takes them, and progress printed with Rich. The pipeline package is importable here
+because ``pyproject.toml`` installs ``dags/mlopslab_pipeline`` beside ``runner``.
 
     outcome = trigger_training(api_url, auth, TrainParams(...), wait=True, console=Console())
     raise typer.Exit(outcome.exit_code)
@@ -22,277 +11,64 @@ Interface for the CLI:
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import secrets
 import time
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from collections.abc import Callable
 
 import httpx
+from mlopslab_pipeline import airflow_api
+from mlopslab_pipeline.airflow_api import (
+    DAG_ID,
+    AirflowApiError,
+    BearerTokenAuth,
+    PasswordTokenAuth,
+    TrainOutcome,
+    auth_from_env,
+    new_dag_run_id,
+)
+from mlopslab_pipeline.config import DEFAULT_MIN_ACCURACY, DEFAULT_TOLERANCE, TrainingParams
 from rich.console import Console
 from rich.markup import escape
 
-DAG_ID = "train_and_promote"
-GATE_TASK_ID = "gate"
-TRAIN_TASK_ID = "train"
-DATASETS = ("iris", "wine", "breast_cancer")
-# Where the simple auth manager (and FAB's) exchanges username/password for a JWT.
-TOKEN_PATH = "/auth/token"  # noqa: S105 (a URL path, not a secret)
-TERMINAL_RUN_STATES = frozenset({"success", "failed"})
-# Consecutive failed polls tolerated while following a run (at poll_interval apart).
-MAX_POLL_FAILURES = 5
-# Attempts at creating the run (the API answers 5xx while its database is busy, e.g. SQLite).
-TRIGGER_ATTEMPTS = 4
-
-Result = Literal["promoted", "rejected", "failed", "triggered", "timeout"]
+TrainError = AirflowApiError
 
 
-class TrainError(RuntimeError):
-    """The run could not be triggered or followed (API unreachable, refused, DAG missing...)."""
+class TrainParams(TrainingParams):
+    """The CLI's params: the pipeline's, with a run name required (it names the dag run)."""
 
-
-@dataclass(frozen=True)
-class TrainParams:
-    """The DAG params of one training run; None leaves the DAG's default."""
-
-    n_estimators: int
-    max_depth: int | None
-    run_name: str
-    dataset: str = "iris"
-    min_accuracy: float | None = None
-    tolerance: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.n_estimators < 1:
-            raise ValueError("n_estimators must be >= 1")
-        if self.max_depth is not None and self.max_depth < 1:
-            raise ValueError("max_depth must be >= 1")
-        if not self.run_name.strip():
+    def __init__(
+        self,
+        n_estimators: int,
+        max_depth: int | None,
+        run_name: str,
+        dataset: str = "iris",
+        min_accuracy: float | None = None,
+        tolerance: float | None = None,
+    ) -> None:
+        if not run_name.strip():
             raise ValueError("run_name must not be empty")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}")
-        for name, value in (("min_accuracy", self.min_accuracy), ("tolerance", self.tolerance)):
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1]")
-
-    def conf(self) -> dict[str, Any]:
-        """The dag run conf (Airflow validates it against the DAG's params)."""
-        conf: dict[str, Any] = {
-            "n_estimators": self.n_estimators,
-            "max_depth": self.max_depth,
-            "run_name": self.run_name,
-            "dataset": self.dataset,
-        }
-        if self.min_accuracy is not None:
-            conf["min_accuracy"] = self.min_accuracy
-        if self.tolerance is not None:
-            conf["tolerance"] = self.tolerance
-        return conf
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    """How one triggered run ended (or where it was when we stopped following it)."""
-
-    dag_run_id: str
-    result: Result
-    state: str  # Airflow's dag run state when we stopped looking
-    reason: str = ""
-    version: str | None = None
-    accuracy: float | None = None
-    previous_champion: str | None = None
-    failed_tasks: tuple[str, ...] = ()
-    task_states: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        """0 promoted or triggered, 1 failed or timed out, 3 rejected by the gate."""
-        return {"promoted": 0, "triggered": 0, "rejected": 3}.get(self.result, 1)
-
-    def summary(self) -> str:
-        if self.result == "promoted":
-            previous = f" (was v{self.previous_champion})" if self.previous_champion else ""
-            return f"promoted: version {self.version} is champion{previous}; {self.reason}"
-        if self.result == "rejected":
-            return f"rejected: version {self.version} is challenger; {self.reason}"
-        if self.result == "triggered":
-            return f"triggered: dag run {self.dag_run_id} is {self.state}"
-        if self.result == "timeout":
-            return f"timeout: {self.reason}"
-        return f"failed: {self.reason}"
-
-
-# --- authentication ------------------------------------------------------------------------
-
-
-class BearerTokenAuth(httpx.Auth):
-    """A JWT obtained elsewhere (e.g. `airflow` UI, FAB, a secrets store)."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        yield request
-
-
-class PasswordTokenAuth(httpx.Auth):
-    """Username/password exchanged for a JWT at ``POST {api_url}/auth/token``, renewed on 401."""
-
-    def __init__(self, api_url: str, username: str, password: str, *, token_path: str = TOKEN_PATH) -> None:
-        self._token_url = api_url.rstrip("/") + token_path
-        self._username = username
-        self._password = password
-        self._token: str | None = None
-
-    def _token_request(self) -> httpx.Request:
-        return httpx.Request("POST", self._token_url, json={"username": self._username, "password": self._password})
-
-    def _read_token(self, response: httpx.Response) -> str:
-        if response.status_code not in (200, 201):
-            raise TrainError(
-                f"Airflow refused the credentials at {self._token_url} (HTTP {response.status_code}): "
-                f"{response.text[:200]}"
-            )
-        token = response.json().get("access_token")
-        if not isinstance(token, str) or not token:
-            raise TrainError(f"{self._token_url} returned no access_token")
-        return token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._token is None:
-            response = yield self._token_request()
-            response.read()
-            self._token = self._read_token(response)
-        request.headers["Authorization"] = f"Bearer {self._token}"
-        response = yield request
-        if response.status_code == 401:  # expired: one fresh token, one retry
-            token_response = yield self._token_request()
-            token_response.read()
-            self._token = self._read_token(token_response)
-            request.headers["Authorization"] = f"Bearer {self._token}"
-            yield request
-
-
-def auth_from_env(api_url: str, env: Mapping[str, str] | None = None) -> httpx.Auth:
-    """MLOPSLAB_AIRFLOW_TOKEN, else MLOPSLAB_AIRFLOW_USERNAME + MLOPSLAB_AIRFLOW_PASSWORD."""
-    env = os.environ if env is None else env
-    token = env.get("MLOPSLAB_AIRFLOW_TOKEN")
-    if token:
-        return BearerTokenAuth(token)
-    username, password = env.get("MLOPSLAB_AIRFLOW_USERNAME"), env.get("MLOPSLAB_AIRFLOW_PASSWORD")
-    if username and password:
-        return PasswordTokenAuth(api_url, username, password)
-    raise TrainError(
-        "no Airflow credentials: set MLOPSLAB_AIRFLOW_TOKEN, or MLOPSLAB_AIRFLOW_USERNAME and MLOPSLAB_AIRFLOW_PASSWORD"
-    )
-
-
-# --- the API calls ---------------------------------------------------------------------------
-
-
-def new_dag_run_id(run_name: str, now: datetime | None = None) -> str:
-    """Readable and unique even when several runs share a name: name, UTC time, random suffix."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-")[:60] or "run"
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{slug}__{stamp}__{secrets.token_hex(3)}"
-
-
-def _check(response: httpx.Response, what: str) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except (ValueError, AttributeError):
-            detail = response.text
-        raise TrainError(f"{what}: HTTP {response.status_code}: {str(detail)[:300]}")
-    return response.json()
-
-
-class _Api:
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-
-    def _get(self, path: str, what: str) -> Any:
-        try:
-            return _check(self.client.get(path), what)
-        except httpx.HTTPError as error:
-            raise TrainError(f"{what}: {error}") from error
-
-    def dag(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._get(f"/api/v2/dags/{DAG_ID}", f"DAG {DAG_ID}")
-        return result
-
-    def trigger(self, dag_run_id: str, conf: dict[str, Any], note: str, *, sleep: Callable[[float], None]) -> None:
-        """Create the run; retried on 5xx and connection errors, which is safe because the run id
-        is ours: a 409 on a retry means an earlier attempt got through."""
-        body = {"dag_run_id": dag_run_id, "logical_date": None, "conf": conf, "note": note}
-        what = f"triggering {DAG_ID}"
-        for attempt in range(1, TRIGGER_ATTEMPTS + 1):
-            try:
-                response = self.client.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json=body)
-            except httpx.HTTPError as error:
-                if attempt == TRIGGER_ATTEMPTS:
-                    raise TrainError(f"{what}: {error}") from error
-            else:
-                if response.status_code == 409 and attempt > 1:
-                    return
-                if response.status_code < 500 or attempt == TRIGGER_ATTEMPTS:
-                    _check(response, what)
-                    return
-            sleep(2.0 * attempt)
-
-    def run_state(self, dag_run_id: str) -> str:
-        return str(self._get(f"/api/v2/dags/{DAG_ID}/dagRuns/{dag_run_id}", "dag run")["state"])
-
-    def task_states(self, dag_run_id: str) -> dict[str, str]:
-        data = self._get(f"/api/v2/dags/{DAG_ID}/dagRuns/{dag_run_id}/taskInstances", "task instances")
-        return {ti["task_id"]: str(ti.get("state") or "none") for ti in data["task_instances"]}
-
-    def return_value(self, dag_run_id: str, task_id: str) -> dict[str, Any] | None:
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/return_value"
-        try:
-            response = self.client.get(path)
-        except httpx.HTTPError as error:
-            raise TrainError(f"xcom of {task_id}: {error}") from error
-        if response.status_code == 404:
-            return None
-        value = _check(response, f"xcom of {task_id}").get("value")
-        if isinstance(value, str):  # stringified by an older API or a custom backend
-            try:
-                value = json.loads(value)
-            except ValueError:
-                return None
-        return value if isinstance(value, dict) else None
-
-
-def _outcome(api: _Api, dag_run_id: str, state: str, tasks: dict[str, str]) -> TrainOutcome:
-    gate = api.return_value(dag_run_id, GATE_TASK_ID) if tasks.get(GATE_TASK_ID) == "success" else None
-    failed = tuple(sorted(task for task, task_state in tasks.items() if task_state in ("failed", "upstream_failed")))
-    common: dict[str, Any] = {"dag_run_id": dag_run_id, "state": state, "failed_tasks": failed, "task_states": tasks}
-    if gate is not None:
-        common.update(
-            version=gate.get("version"),
-            accuracy=gate.get("accuracy"),
-            previous_champion=gate.get("previous_champion"),
+        super().__init__(
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            run_name=run_name,
+            dataset=dataset,
+            min_accuracy=DEFAULT_MIN_ACCURACY if min_accuracy is None else min_accuracy,
+            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
         )
-    if state == "success" and gate is not None:
-        decision = gate.get("decision")
-        if decision in ("promoted", "rejected"):
-            return TrainOutcome(result=decision, reason=str(gate.get("reason", "")), **common)
-    if state == "success":
-        return TrainOutcome(result="failed", reason="the run succeeded but its gate left no decision", **common)
-    if gate is not None and gate.get("decision") == "promoted":
-        reason = (
-            f"version {gate.get('version')} was promoted to champion, but "
-            f"{', '.join(failed) or 'a later task'} failed (serving may still serve the old version)"
-        )
-    else:
-        reason = f"task(s) {', '.join(failed) or '?'} failed; see their logs in Airflow (run {dag_run_id})"
-    return TrainOutcome(result="failed", reason=reason, **common)
+
+
+_STYLES = {"promoted:": "green", "rejected:": "yellow", "failed:": "red", "timeout:": "red"}
+
+
+def _printer(console: Console, run_name: str) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        text = line.removeprefix(run_name).lstrip()
+        style = next((s for word, s in _STYLES.items() if text.startswith(word)), "")
+        if "cannot poll the run" in text:
+            style = "yellow"
+        body = f"[{style}]{escape(text)}[/{style}]" if style else escape(text)
+        console.print(f"[bold]{escape(run_name)}[/bold] {body}")
+
+    return say
 
 
 def trigger_training(
@@ -307,62 +83,28 @@ def trigger_training(
     client: httpx.Client | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> TrainOutcome:
-    """Trigger one `train_and_promote` run and, with `wait`, follow it to the end.
+    """``mlopslab_pipeline.airflow_api.trigger_training`` with its progress on ``console``."""
+    return airflow_api.trigger_training(
+        api_url,
+        auth,
+        params,
+        wait,
+        _printer(console, params.run_name or "run"),
+        poll_interval=poll_interval,
+        timeout=timeout,
+        client=client,
+        sleep=sleep,
+    )
 
-    `api_url` is the Airflow API server's base URL (``http://127.0.0.1:8080``, ``http://airflow.local``).
-    Progress goes to `console` (one line per task state change, prefixed with the run name).
-    Raises TrainError when the API cannot be reached or refuses; a failed run is an outcome.
-    """
-    own_client = client is None
-    http = client or httpx.Client(base_url=api_url.rstrip("/"), auth=auth, timeout=30.0)
-    label = f"[bold]{escape(params.run_name)}[/bold]"
-    try:
-        api = _Api(http)
-        dag = api.dag()
-        if dag.get("is_paused"):
-            raise TrainError(f"DAG {DAG_ID} is paused: unpause it in Airflow (airflow dags unpause {DAG_ID})")
-        dag_run_id = new_dag_run_id(params.run_name)
-        api.trigger(dag_run_id, params.conf(), note=f"python -m runner train ({params.run_name})", sleep=sleep)
-        console.print(f"{label} triggered {DAG_ID} run [cyan]{dag_run_id}[/cyan] with {escape(str(params.conf()))}")
-        if not wait:
-            return TrainOutcome(dag_run_id=dag_run_id, result="triggered", state=api.run_state(dag_run_id))
 
-        deadline = time.monotonic() + timeout
-        seen: dict[str, str] = {}
-        state = "queued"
-        poll_failures = 0
-        while True:
-            try:
-                state = api.run_state(dag_run_id)
-                tasks = api.task_states(dag_run_id)
-            except TrainError as error:
-                # The run goes on in Airflow: ride out an API restart or a network blip.
-                poll_failures += 1
-                if poll_failures > MAX_POLL_FAILURES:
-                    raise
-                console.print(f"{label} [yellow]cannot poll the run ({error}); retrying[/yellow]")
-                sleep(poll_interval)
-                continue
-            poll_failures = 0
-            for task_id, task_state in tasks.items():
-                if seen.get(task_id) != task_state:
-                    console.print(f"{label} {task_id}: {task_state}")
-            seen = tasks
-            if state in TERMINAL_RUN_STATES:
-                break
-            if time.monotonic() >= deadline:
-                return TrainOutcome(
-                    dag_run_id=dag_run_id,
-                    result="timeout",
-                    state=state,
-                    reason=f"run {dag_run_id} still {state} after {timeout:.0f}s; it goes on in Airflow",
-                    task_states=tasks,
-                )
-            sleep(poll_interval)
-        outcome = _outcome(api, dag_run_id, state, tasks)
-        style = {"promoted": "green", "rejected": "yellow"}.get(outcome.result, "red")
-        console.print(f"{label} [{style}]{outcome.summary()}[/{style}]")
-        return outcome
-    finally:
-        if own_client:
-            http.close()
+__all__ = [
+    "DAG_ID",
+    "BearerTokenAuth",
+    "PasswordTokenAuth",
+    "TrainError",
+    "TrainOutcome",
+    "TrainParams",
+    "auth_from_env",
+    "new_dag_run_id",
+    "trigger_training",
+]

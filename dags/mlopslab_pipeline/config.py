@@ -25,6 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+# The DAG and the task whose return value says promoted or rejected: read by whoever triggers
+# and follows a run through Airflow's API (airflow_api.py), declared by train_and_promote.py.
+TRAIN_DAG_ID = "train_and_promote"
+GATE_TASK_ID = "gate"
+
 # The data sets scikit-learn bundles (no download), by DAG param value.
 DATASETS = ("iris", "wine", "breast_cancer")
 
@@ -159,6 +164,19 @@ class TrainingParams:
             raise ValueError(f"min_accuracy must be within [0, 1], got {self.min_accuracy}")
         if not 0.0 <= self.tolerance <= 1.0:
             raise ValueError(f"tolerance must be within [0, 1], got {self.tolerance}")
+
+    def dag_run_conf(self) -> dict[str, Any]:
+        """The params as a dag run conf (Airflow validates it against the DAG's params)."""
+        conf: dict[str, Any] = {
+            "n_estimators": self.n_estimators,
+            "max_depth": self.max_depth,
+            "dataset": self.dataset,
+            "min_accuracy": self.min_accuracy,
+            "tolerance": self.tolerance,
+        }
+        if self.run_name:
+            conf["run_name"] = self.run_name
+        return conf
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainingParams:

@@ -9,6 +9,13 @@ tasks run, in the same order, with the same params, validation and registry tags
 differs from one promoted by the DAG only in ``mlopslab.promoted_via`` (``job/<run id>``).
 
     python -m mlopslab_pipeline train --n-estimators 200 --max-depth 20 --run-name exp-1
+    python -m mlopslab_pipeline train --via airflow --if-no-champion     # a new cluster's first champion
+
+``--via airflow`` runs the same params through the ``train_and_promote`` DAG instead, over
+Airflow's REST API (MLOPSLAB_AIRFLOW_URL, MLOPSLAB_AIRFLOW_USERNAME/PASSWORD or
+MLOPSLAB_AIRFLOW_TOKEN: the client ``python -m runner train`` uses), and reports its outcome the
+same way. ``--if-no-champion`` does nothing when the model already has a champion (decision
+``kept``, exit 0): a platform's later bootstraps do not retrain.
 
 Configuration is the task pods' environment (``config.py``: MLOPSLAB_MODEL_NAME,
 MLFLOW_TRACKING_URI, MLOPSLAB_SERVING_URL, MLOPSLAB_SERVING_RELOAD_TOKEN, ...; Airflow
@@ -58,7 +65,7 @@ EXIT_PROMOTED, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
 class Outcome:
     """What one run ended with; serialised as the last stdout line."""
 
-    decision: str  # promoted | rejected | failed
+    decision: str  # promoted | rejected | failed | kept (a champion existed and --if-no-champion)
     reason: str
     run_id: str
     version: str | None = None
@@ -68,7 +75,9 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED}.get(self.decision, EXIT_FAILED)
+        return {"promoted": EXIT_PROMOTED, "kept": EXIT_PROMOTED, "rejected": EXIT_REJECTED}.get(
+            self.decision, EXIT_FAILED
+        )
 
     def line(self) -> str:
         return OUTCOME_PREFIX + json.dumps(self.__dict__, sort_keys=True)
@@ -98,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-name", default=None, help="MLflow run name (default: the run id)")
     train.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASETS, help="bundled data set")
     train.add_argument("--min-accuracy", type=float, default=DEFAULT_MIN_ACCURACY, help="quality gate threshold")
+    train.add_argument(
+        "--via",
+        choices=("direct", "airflow"),
+        default="direct",
+        help="direct: in this process; airflow: through the train_and_promote DAG (MLOPSLAB_AIRFLOW_URL)",
+    )
+    train.add_argument("--if-no-champion", action="store_true", help="do nothing when the model has a champion")
     train.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="allowed drop vs the champion")
     return parser
 
@@ -157,6 +173,47 @@ def run_training(params: TrainingParams, env: Mapping[str, str]) -> Outcome:
     return Outcome(decision="promoted", served_version=served, **common)
 
 
+def existing_champion(env: Mapping[str, str]) -> Outcome | None:
+    """The outcome "kept" when the model already has a champion, else None."""
+    from mlflow import MlflowClient
+
+    from mlopslab_pipeline.registry import current_alias_version
+
+    settings = Settings.from_env(env)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    champion = current_alias_version(client, settings.model_name, CHAMPION_ALIAS)
+    if champion is None:
+        return None
+    return Outcome(
+        decision="kept",
+        reason=f"{settings.model_name} already has a {CHAMPION_ALIAS} (v{champion.version}): not training",
+        run_id=run_id_from(env),
+        version=str(champion.version),
+    )
+
+
+def run_through_airflow(params: TrainingParams, env: Mapping[str, str]) -> Outcome:
+    """The same params through the train_and_promote DAG, followed to its end."""
+    from mlopslab_pipeline.airflow_api import auth_from_env, trigger_training
+
+    url = env.get("MLOPSLAB_AIRFLOW_URL", "").rstrip("/")
+    if not url:
+        raise ConfigError("--via airflow needs MLOPSLAB_AIRFLOW_URL (the Airflow API server's URL)")
+    wait = float(env.get("MLOPSLAB_AIRFLOW_WAIT_SECONDS") or 3600)
+    result = trigger_training(
+        url, auth_from_env(url, env), params, True, log.info, timeout=wait, note="python -m mlopslab_pipeline"
+    )
+    decision = result.result if result.result in ("promoted", "rejected") else "failed"
+    return Outcome(
+        decision=decision,
+        reason=result.reason or result.summary(),
+        run_id=result.dag_run_id,
+        version=result.version,
+        accuracy=result.accuracy,
+        previous_champion=result.previous_champion,
+    )
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     args = _parser().parse_args(argv)
@@ -171,7 +228,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             min_accuracy=args.min_accuracy,
             tolerance=args.tolerance,
         )
-        outcome = run_training(params, env)
+        kept = existing_champion(env) if args.if_no_champion else None
+        if kept is not None:
+            outcome = kept
+        elif args.via == "airflow":
+            outcome = run_through_airflow(params, env)
+        else:
+            outcome = run_training(params, env)
     except (ConfigError, ValueError) as error:
         print(Outcome(decision="failed", reason=f"{type(error).__name__}: {error}", run_id=run_id).line(), flush=True)
         return EXIT_USAGE

@@ -118,3 +118,22 @@ def test_parallel_jobs_leave_one_linear_champion_history(mlflow_tracking_uri: st
         chain.append(version)
         version = client.get_model_version(unique_model_name, version).tags.get("mlopslab.previous_champion", "")
     assert sorted(chain) == sorted(o["version"] for o in promoted)
+
+
+@pytest.mark.mlflow
+def test_if_no_champion_keeps_an_existing_champion(mlflow_tracking_uri: str, unique_model_name: str) -> None:
+    """A platform's second bootstrap runs the first-champion step again: it must not retrain."""
+    from mlflow import MlflowClient
+
+    first = _run(mlflow_tracking_uri, unique_model_name, "--n-estimators", "10", "--if-no-champion")
+    trained = parse_outcome(first.stdout)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert trained is not None
+    assert trained["decision"] == "promoted"
+    again = _run(mlflow_tracking_uri, unique_model_name, "--n-estimators", "10", "--if-no-champion")
+    kept = parse_outcome(again.stdout)
+    assert again.returncode == 0
+    assert kept is not None
+    assert kept["decision"] == "kept"
+    assert kept["version"] == trained["version"]
+    assert len(MlflowClient(mlflow_tracking_uri).search_model_versions(f"name = '{unique_model_name}'")) == 1

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from mlopslab_pipeline.job import parse_outcome
 from rich.console import Console
 
 from runner.train import (
@@ -34,10 +38,17 @@ def _console() -> tuple[Console, io.StringIO]:
 
 def test_params_become_the_dag_run_conf() -> None:
     params = TrainParams(n_estimators=200, max_depth=20, run_name="exp-1")
-    assert params.conf() == {"n_estimators": 200, "max_depth": 20, "run_name": "exp-1", "dataset": "iris"}
+    assert params.dag_run_conf() == {
+        "n_estimators": 200,
+        "max_depth": 20,
+        "run_name": "exp-1",
+        "dataset": "iris",
+        "min_accuracy": 0.9,  # the DAG's own defaults (one source: mlopslab_pipeline.config)
+        "tolerance": 0.01,
+    }
     tuned = TrainParams(100, None, "x", dataset="wine", min_accuracy=0.8, tolerance=0.0)
-    assert tuned.conf()["min_accuracy"] == 0.8
-    assert tuned.conf()["tolerance"] == 0.0
+    assert tuned.dag_run_conf()["min_accuracy"] == 0.8
+    assert tuned.dag_run_conf()["tolerance"] == 0.0
     with pytest.raises(ValueError, match="dataset"):
         TrainParams(100, None, "x", dataset="mnist")
     with pytest.raises(ValueError, match="run_name"):
@@ -226,6 +237,30 @@ def test_runner_trains_through_the_airflow_api(
         assert (
             client.get_run(client.get_model_version(unique_model_name, good.version).run_id).info.run_name == "exp-good"
         )
+
+        # The pipeline's own CLI through the same client, as the in-cluster first-champion pod runs it.
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MLOPSLAB_", "MLFLOW_"))},
+            "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+            "MLOPSLAB_MODEL_NAME": unique_model_name,
+            "MLOPSLAB_AIRFLOW_URL": stack.url,
+            "MLOPSLAB_AIRFLOW_USERNAME": ADMIN_USER,
+            "MLOPSLAB_AIRFLOW_PASSWORD": stack.password,
+        }
+        command = [sys.executable, "-m", "mlopslab_pipeline", "train", "--via", "airflow", "--run-name", "exp-cli"]
+        kept = subprocess.run([*command, "--if-no-champion"], env=env, capture_output=True, text=True, check=False)
+        assert kept.returncode == 0, kept.stderr[-3000:]
+        assert parse_outcome(kept.stdout)["decision"] == "kept"  # type: ignore[index]
+        weak = subprocess.run(
+            [*command, "--n-estimators", "2", "--max-depth", "1", "--min-accuracy", "0.99"],
+            env=env, capture_output=True, text=True, check=False, timeout=900,
+        )  # fmt: skip
+        assert weak.returncode == 3, weak.stderr[-3000:]
+        through_dag = parse_outcome(weak.stdout)
+        assert through_dag is not None
+        assert through_dag["decision"] == "rejected"
+        assert through_dag["run_id"].startswith("exp-cli__")
+        assert "exp-cli gate: success" in weak.stderr
 
         # --no-wait: triggered and handed back at once.
         console, _ = _console()
