@@ -64,13 +64,15 @@ class RenderResult:
 
 
 def secret_options(roles_dir: Path) -> list[str]:
-    """Every option that an argument spec of the collection marks no_log (the secrets)."""
+    """Every option that an argument spec of the collection marks no_log (the secrets), except the
+    optional ones whose empty default switches a feature off: a placeholder would render an object
+    the stages do not create unless the inventory opts in."""
     names: set[str] = set()
     for spec_file in sorted(roles_dir.glob("*/meta/argument_specs.yml")):
         specs = (yaml.safe_load(spec_file.read_text()) or {}).get("argument_specs") or {}
         for entry in specs.values():
             for name, option in ((entry or {}).get("options") or {}).items():
-                if (option or {}).get("no_log"):
+                if (option or {}).get("no_log") and (option or {}).get("default") != "":
                     names.add(name)
     return sorted(names)
 

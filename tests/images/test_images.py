@@ -89,6 +89,13 @@ echo "pid1=$(tr '\0' ' ' </proc/1/cmdline)"
 touch /opt/airflow/logs/probe && echo "logs=writable"
 python -c 'import airflow, mlflow, sklearn, psycopg2, boto3, mlopslab_pipeline, mlopslab_pipeline.training;
 print("versions", airflow.__version__, mlflow.__version__, mlopslab_pipeline.__file__)'
+# The chart's executor and auth manager, as its airflow.cfg names them.
+export AIRFLOW__CORE__EXECUTOR=KubernetesExecutor
+export AIRFLOW__CORE__AUTH_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
+python -c 'from airflow.executors.executor_loader import ExecutorLoader;
+print("executor", type(ExecutorLoader.get_default_executor()).__name__)'
+airflow users create --help >/dev/null && echo "fab=users-create"
+python -m mlopslab_pipeline train --help >/dev/null && echo "pipeline=cli"
 """
     run = _airflow(built_images, "bash", "-c", script)
     assert run.returncode == 0, run.stderr
@@ -96,6 +103,9 @@ print("versions", airflow.__version__, mlflow.__version__, mlopslab_pipeline.__f
     assert "pid1=/usr/bin/dumb-init -- /entrypoint bash -c" in run.stdout
     assert "logs=writable" in run.stdout
     assert "versions 3.2.2 3.15.1 /opt/mlopslab/lib/mlopslab_pipeline/__init__.py" in run.stdout
+    assert "executor KubernetesExecutor" in run.stdout
+    assert "fab=users-create" in run.stdout
+    assert "pipeline=cli" in run.stdout
 
     # The chart's forms of a command: `bash -c "exec airflow ..."`, `airflow ...`, bare arguments.
     for args in (("bash", "-c", "exec airflow version"), ("airflow", "version"), ("version",)):
@@ -118,7 +128,6 @@ print("versions", airflow.__version__, mlflow.__version__, mlopslab_pipeline.__f
 
 def test_airflow_entrypoint_waits_for_the_database_as_the_chart_expects(built_images: BuiltImages) -> None:
     unreachable = ("-e", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://u:p@127.0.0.1:9/airflow")
-    started = time.monotonic()
     run = _airflow(
         built_images,
         "version",
@@ -130,7 +139,6 @@ def test_airflow_entrypoint_waits_for_the_database_as_the_chart_expects(built_im
     run = _airflow(built_images, "version", options=(*unreachable, "-e", "CONNECTION_CHECK_MAX_COUNT=0"))
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("3.2.2")
-    assert time.monotonic() - started < 240
 
 
 def test_airflow_parses_the_dags_with_no_import_errors(built_images: BuiltImages, dags_dir: Path) -> None:

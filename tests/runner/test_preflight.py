@@ -161,3 +161,15 @@ def test_malformed_host_address_is_named(lab_copy: Path, tmp_path: Path) -> None
     assert result.rc == 1
     assert "postgres-server" in result.output
     assert "192.168.18.300" in result.output
+
+
+def test_preflight_knows_every_runner_stage() -> None:
+    """The runner passes the stages it is about to run as preflight_stages; an argspec that lags
+    behind runner/stages.py fails every bootstrap at its first task."""
+    from runner.stages import STAGE_NAMES
+
+    spec = yaml.safe_load((REPO / "roles/preflight/meta/argument_specs.yml").read_text())
+    option = spec["argument_specs"]["main"]["options"]["preflight_stages"]
+    assert set(option["choices"]) == set(STAGE_NAMES)
+    defaults = yaml.safe_load((REPO / "roles/preflight/defaults/main.yml").read_text())
+    assert option["default"] == defaults["preflight_stages"] == [s for s in STAGE_NAMES if s != "preflight"]

@@ -29,7 +29,8 @@ def test_a_reload_reaching_one_worker_swaps_both(
     server = UvicornServer(env, tmp_path / "workers.log", workers=2)
     try:
         server.wait_ready()
-        wait_for(lambda: len(httpx.get(f"{server.url}/replicas").json()["workers"]) == 2, 60, "two workers")
+        # wait_ready sees the first worker that loads; the second may still be loading ("none")
+        wait_for(lambda: httpx.get(f"{server.url}/replicas").json()["versions"] == {"1": 2}, 60, "two workers on 1")
         probe = _probe("serving", f"{server.url}/healthz", 10)
         assert (probe.healthy, probe.detail) == (True, "version 1 on all 2 worker(s)")
 
