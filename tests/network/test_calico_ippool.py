@@ -4,7 +4,7 @@ Two levels:
 * schema (no cluster): the role's own patch computation (vars/main.yml) is evaluated by
   Ansible for several current pools, and pool + patch is validated against Calico's IPPool CRD
   schema (tests/fixtures/calico/crd.projectcalico.org_ippools.yaml);
-* k8s: the CRD is installed into the real loopback kube-apiserver (tests/support/kube_apiserver.py),
+* k8s: the CRD is installed into the real loopback kube-apiserver (tests/support/kube_cluster.py),
   default-ipv4-ippool is created with ipipMode Always, and playbooks/network.yml runs the role from
   a k8s_control host: check mode reports the change without making it, the first run changes the
   pool, the second changes nothing (same resourceVersion), state absent reverts it.
@@ -200,12 +200,12 @@ def network_playbook(kube: Any, tmp: Path, *args: str) -> tuple[int, int, str]:
     return proc.returncode, int(recap.group(1)), " ".join(out.split())
 
 
-@pytest.mark.k8s
+@pytest.mark.cluster
 @pytest.mark.timeout(900)
-def test_ippool_mode_against_a_real_apiserver(kube_apiserver: Any, tmp_path: Path) -> None:
+def test_ippool_mode_against_a_real_apiserver(kube_cluster: Any, tmp_path: Path) -> None:
     from kubernetes import client
 
-    with kube_apiserver.api_client() as api:
+    with kube_cluster.api_client() as api:
         install_crd(api)
         objects = client.CustomObjectsApi(api)
         objects.create_cluster_custom_object(
@@ -216,30 +216,30 @@ def test_ippool_mode_against_a_real_apiserver(kube_apiserver: Any, tmp_path: Pat
         try:
             created = read_pool(api)
 
-            rc, changed, text = network_playbook(kube_apiserver, tmp_path, "--check")
+            rc, changed, text = network_playbook(kube_cluster, tmp_path, "--check")
             assert rc == 0, text
             assert changed == 1, text
             assert read_pool(api)["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
             assert read_pool(api)["spec"]["ipipMode"] == "Always"
             assert "the IPPool fix is not in place" in text
 
-            rc, changed, text = network_playbook(kube_apiserver, tmp_path)
+            rc, changed, text = network_playbook(kube_cluster, tmp_path)
             assert rc == 0, text
             assert changed == 1, text
             fixed = read_pool(api)
             assert fixed["spec"] == {**SEED_POOL, "ipipMode": "Never", "vxlanMode": "Never"}
             assert "the IPPool fix is in place" in text
 
-            rc, changed, text = network_playbook(kube_apiserver, tmp_path)
+            rc, changed, text = network_playbook(kube_cluster, tmp_path)
             assert rc == 0, text
             assert changed == 0, text
             assert read_pool(api)["metadata"]["resourceVersion"] == fixed["metadata"]["resourceVersion"]
 
-            rc, changed, text = network_playbook(kube_apiserver, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
+            rc, changed, text = network_playbook(kube_cluster, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
             assert rc == 0, text
             assert changed == 1, text
             assert read_pool(api)["spec"]["ipipMode"] == "Always"
-            rc, changed, text = network_playbook(kube_apiserver, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
+            rc, changed, text = network_playbook(kube_cluster, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
             assert rc == 0, text
             assert changed == 0, text
         finally:
