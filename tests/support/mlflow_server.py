@@ -74,10 +74,11 @@ class MlflowServer:
     workdir: Path
     log_path: Path
     process: subprocess.Popen[bytes] = field(repr=False)
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -110,8 +111,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: float = 180.0) -> MlflowServer:
-    """Start a lean MLflow server rooted in `workdir` and wait until /health answers."""
+def start_mlflow_server(
+    workdir: Path, *, port: int | None = None, host: str = "127.0.0.1", timeout: float = 180.0
+) -> MlflowServer:
+    """Start a lean MLflow server rooted in `workdir` and wait until /health answers.
+
+    host: the address it listens on (a cluster test binds the harness's host address, which its
+    pods reach); the Host header of any client is accepted then."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "artifacts").mkdir(exist_ok=True)
@@ -132,9 +138,10 @@ def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: floa
         "mlflow",
         "server",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
+        *([] if host == "127.0.0.1" else ["--allowed-hosts", "*"]),
         "--workers",
         "1",
         "--backend-store-uri",
@@ -153,7 +160,7 @@ def start_mlflow_server(workdir: Path, *, port: int | None = None, timeout: floa
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    server = MlflowServer(port=port, workdir=workdir, log_path=log_path, process=process)
+    server = MlflowServer(port=port, workdir=workdir, log_path=log_path, process=process, host=host)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():

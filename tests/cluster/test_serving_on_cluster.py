@@ -1,0 +1,238 @@
+"""The lab's serving release on the real single-node cluster, through the stages' own playbooks.
+
+With the lab inventory's group_vars (inventories/lab) and the harness's hosts (the node as an ssh
+host, the control node local), a generated vault, and MLflow running on the harness's host
+address (which pods reach, as the lab's pods reach the MLflow Service):
+
+- ``playbooks/cluster.yml --tags k8s_namespaces,k8s_secrets`` makes the namespaces and Secrets;
+- ``playbooks/images.yml`` builds the serving image on the control node and loads it into the
+  node's containerd over ssh (the registry-less path), so kubelet runs it without a registry;
+- ``playbooks/platform.yml --tags serving_release`` installs charts/serving through the release
+  path (helm_release, the release watch), with the lab's values;
+- both replicas load the champion and become Ready; the seed's request through the Service gets a
+  prediction with its version in a header; a new champion reached by one replica (POST /reload
+  through the Service) is served by every replica (GET /replicas) with no failed request under
+  load; a second run of the platform playbook changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.images import podman_env, python_base
+from tests.support.k8s_layer import recap
+from tests.support.kube_cluster import KubeCluster, cache_root
+from tests.support.mlflow_server import MlflowServer, register_iris_model, start_mlflow_server
+
+pytestmark = [pytest.mark.cluster, pytest.mark.mlflow, pytest.mark.images, pytest.mark.timeout(2400)]
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE_DEFAULTS = REPO / "collections/ansible_collections/mlopslab/platform/roles/container_images/defaults/main.yml"
+LAB = yaml.safe_load((REPO / "inventories/lab/group_vars/all/main.yml").read_text())
+MODEL = LAB["mlopslab_model_name"]
+NAMESPACES = (LAB["mlopslab_namespace_training"], LAB["mlopslab_namespace_serving"], LAB["mlopslab_namespace_ingress"])
+SERVING_NS = LAB["mlopslab_namespace_serving"]
+RELEASE = "iris-serving"
+SEED_REQUEST = {"features": [5.1, 3.5, 1.4, 0.2]}
+
+
+def _vault() -> dict[str, str]:
+    """Test-time secrets for every vault variable the lab inventory wires."""
+    keys = yaml.safe_load((REPO / "inventories/lab/vault.example.yml").read_text())
+    return {key: f"test-{key}-{os.urandom(8).hex()}" for key in keys}
+
+
+@pytest.fixture(scope="module")
+def mlflow_on_host(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-on-host"), host=kube_cluster.host_ip)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The generated inventory directory and the stages' runner."""
+    work = tmp_path_factory.mktemp("lab-on-cluster")
+    inventory = work / "inventory"
+    inventory.mkdir()
+    # The lab's group_vars as they are; the hosts are the harness's. The VMs' groups name the
+    # harness host so that the lab's address variables resolve; no play here targets them.
+    (inventory / "group_vars").symlink_to(REPO / "inventories/lab/group_vars")
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {
+        "all": {
+            "children": {
+                "nfs_servers": {"hosts": {"nfs-server": {"ansible_host": kube_cluster.host_ip}}},
+                "db_servers": {"hosts": {"postgres-server": {"ansible_host": kube_cluster.host_ip}}},
+                "k8s_nodes": {"hosts": {kube_cluster.node_name: kube_cluster.ansible_host_vars()}},
+                "k8s_control": {"hosts": {"control": local}},
+            }
+        }
+    }
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    vault = _vault()
+    every_image = yaml.safe_load(ROLE_DEFAULTS.read_text())["container_images_definitions"]
+    overrides = {
+        **vault,
+        "mlopslab_kubeconfig": str(kube_cluster.kubeconfig),
+        # Where this harness differs from the lab: MLflow runs on the host.
+        "serving_release_mlflow_tracking_uri": mlflow_on_host.url,
+        "container_images_base_image": python_base(),
+        "container_images_work_dir": str(cache_root() / "container-images"),
+        "container_images_node_become": False,
+    }
+    extra = work / "overrides.json"
+    extra.write_text(json.dumps(overrides))
+    extra.chmod(0o600)
+    # The images stage delivers only the image this test runs (the others are built and tested
+    # by tests/images; the platform play still computes every reference from the checkout).
+    (work / "serving-only.json").write_text(
+        json.dumps({"container_images_definitions": [d for d in every_image if d["name"] == "serving"]})
+    )
+
+    def run(playbook: str, *flags: str) -> dict[str, dict[str, int]]:
+        env = {
+            **kube_cluster.env(),  # KUBECONFIG, and PATH with the harness's helm
+            "CONTAINERS_CONF": podman_env()["CONTAINERS_CONF"],
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+        }
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("ansible-playbook")),
+                f"playbooks/{playbook}",
+                "-i",
+                str(inventory),
+                "-e",
+                f"@{extra}",
+                *flags,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        output = proc.stdout + proc.stderr
+        (work / f"{playbook}.log").write_text(output)
+        assert proc.returncode == 0, f"{playbook} {' '.join(flags)} failed:\n{output[-8000:]}"
+        for value in vault.values():
+            assert value not in output, f"a vault value appeared in the output of {playbook}"
+        return recap(output)
+
+    yield run, vault, work
+    for ns in NAMESPACES:
+        kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _service_url(cluster: KubeCluster) -> str:
+    ip = cluster.kubectl("-n", SERVING_NS, "get", "service", RELEASE, "-o", "jsonpath={.spec.clusterIP}").stdout
+    return f"http://{ip}"
+
+
+def _wait(what: str, condition: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+            if last:
+                return last
+        except httpx.HTTPError as error:
+            last = error
+        time.sleep(1)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last})")
+
+
+def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
+    kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, lab: Any
+) -> None:
+    run, vault, lab_dir = lab
+    first = register_iris_model(mlflow_on_host.url, MODEL, n_estimators=20)
+
+    assert run("cluster.yml", "--tags", "k8s_namespaces,k8s_secrets")["control"]["failed"] == 0
+    images = run("images.yml", "-e", f"@{Path(lab_dir) / 'serving-only.json'}")
+    assert images["control"]["failed"] == 0
+    node_images = kube_cluster.ssh("ctr -n k8s.io images ls -q").stdout.split()
+    serving_ref = next((ref for ref in node_images if "/mlops-lab/serving:" in ref), "")
+    assert serving_ref, f"the serving image is not in the node's containerd: {node_images}"
+
+    started = time.monotonic()
+    platform = run("platform.yml", "--tags", "serving_release")
+    assert platform["control"]["failed"] == 0
+    kube_cluster.kubectl(
+        "-n", SERVING_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=600s", timeout=620
+    )  # fmt: skip
+    ready_after = time.monotonic() - started
+    pods = json.loads(kube_cluster.kubectl("-n", SERVING_NS, "get", "pods", "-o", "json").stdout)["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    assert len(running) == 2, [p["metadata"]["name"] for p in pods]
+    assert {c["image"] for p in running for c in p["spec"]["containers"]} == {serving_ref}
+
+    base = _service_url(kube_cluster)
+    with httpx.Client(base_url=base, timeout=10) as http:
+        response = http.post("/predict", json=SEED_REQUEST)
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Model-Version"] == first.version
+        view = _wait("both replicas on version 1", lambda: http.get("/replicas").json(), 60)
+        assert (view["agreed"], view["version"]) == (True, first.version), view
+
+        # A new champion; the reload reaches one replica through the Service, its peers follow.
+        second = register_iris_model(mlflow_on_host.url, MODEL, n_estimators=20, random_state=7)
+        counts = {"ok": 0, "failed": 0}
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                while not stop.is_set():
+                    try:
+                        r = client.post("/predict", json=SEED_REQUEST)
+                        ok = r.status_code == 200
+                        if not ok:
+                            failures.append(f"{r.status_code} {r.text[:200]}")
+                    except httpx.HTTPError as error:
+                        ok = False
+                        failures.append(repr(error))
+                    counts["ok" if ok else "failed"] += 1
+
+        workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(2)
+        token = vault["vault_serving_reload_token"]
+        reloaded = http.post("/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        assert reloaded.status_code == 200, reloaded.text
+        swapped = _wait(
+            "every replica on version 2",
+            lambda: (v := http.get("/replicas").json())["agreed"] and v["version"] == second.version and v,
+            60,
+        )
+        time.sleep(2)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert counts["failed"] == 0, failures[:5]
+        assert counts["ok"] > 50, counts
+        assert http.post("/predict", json=SEED_REQUEST).headers["X-Model-Version"] == second.version
+    print(
+        f"serving on the cluster: Ready {ready_after:.0f} s after install; swap under load: "
+        f"{counts['ok']} requests, 0 failed; replicas {swapped}"
+    )
+
+    # The release path is idempotent on a converged cluster.
+    assert run("platform.yml", "--tags", "serving_release")["control"]["changed"] == 0
