@@ -1,6 +1,7 @@
-"""Reads what a cluster really uses from its objects (k8s_info results): the pod network, and
-what holds the ingress ports on the nodes. Used by the k8s_node role before anything depends on
-them: the SNAT rule matches a pod CIDR, and ingress-nginx binds ports 80/443 on every node.
+"""Reads what a cluster really uses from its objects (k8s_info results): the pod network, what
+holds the ingress ports on the nodes (both for the k8s_node role, before anything depends on
+them: the SNAT rule matches a pod CIDR, and ingress-nginx binds ports 80/443 on every node), and
+which node's address reaches the ingress controller (for the ingress_hosts role).
 """
 
 from __future__ import annotations
@@ -118,6 +119,66 @@ def k8s_ingress_port_holders(
     return {"k3s": k3s, "holders": holders}
 
 
+def _ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+    )
+
+
+def _node_address(node: dict[str, Any]) -> str:
+    addresses = (node.get("status") or {}).get("addresses") or []
+    for kind in ("InternalIP", "ExternalIP"):
+        for address in addresses:
+            if address.get("type") == kind and address.get("address"):
+                return str(address["address"])
+    return ""
+
+
+def _no_schedule_taints(node: dict[str, Any]) -> list[str]:
+    taints = (node.get("spec") or {}).get("taints") or []
+    return [
+        f"{t['key']}{'=' + t['value'] if t.get('value') else ''}:{t['effect']}"
+        for t in taints
+        if t.get("effect") in ("NoSchedule", "NoExecute")
+    ]
+
+
+def k8s_ingress_node(pods: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which node's address reaches the ingress controller (a hostNetwork DaemonSet: on the nodes
+    that run a ready controller pod), and why the others do not.
+
+    ``{"address", "node", "pod", "serving": [node names], "not_serving": [words]}``; address is ""
+    when no controller pod is ready.
+    """
+    by_name = {node["metadata"]["name"]: node for node in nodes}
+    ready = sorted((p for p in pods if _ready(p)), key=lambda p: (p.get("spec") or {}).get("nodeName") or "")
+    serving = {}
+    for pod in ready:
+        node_name = (pod.get("spec") or {}).get("nodeName") or ""
+        address = (pod.get("status") or {}).get("hostIP") or _node_address(by_name.get(node_name, {}))
+        if node_name and address and node_name not in serving:
+            serving[node_name] = (address, pod["metadata"]["name"])
+    not_serving = []
+    for name in sorted(set(by_name) - set(serving)):
+        taints = _no_schedule_taints(by_name[name])
+        why = (
+            f"it has the taint {', '.join(taints)}, which the DaemonSet does not tolerate"
+            if taints
+            else ("no ready controller pod runs there")
+        )
+        not_serving.append(f"{name} ({_node_address(by_name[name]) or 'no address'}): {why}")
+    first = next(iter(serving.items()), None)
+    return {
+        "address": first[1][0] if first else "",
+        "node": first[0] if first else "",
+        "pod": first[1][1] if first else "",
+        "serving": sorted(serving),
+        "not_serving": not_serving,
+    }
+
+
 class FilterModule:
     """mlopslab.platform cluster-reading filters."""
 
@@ -126,4 +187,5 @@ class FilterModule:
             "k8s_pod_networks": k8s_pod_networks,
             "k8s_pod_network_mismatches": k8s_pod_network_mismatches,
             "k8s_ingress_port_holders": k8s_ingress_port_holders,
+            "k8s_ingress_node": k8s_ingress_node,
         }

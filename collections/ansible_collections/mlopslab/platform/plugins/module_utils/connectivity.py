@@ -431,13 +431,28 @@ def s3_client(region: str, endpoint_url: str = "", access_key_id: str = "", secr
 
 
 def bucket_region(client: Any, bucket: str) -> tuple[str, Exception | None]:
-    """The region S3 reports for the bucket (HeadBucket's x-amz-bucket-region), and the error if any."""
+    """The region S3 reports for the bucket, and HeadBucket's error if any.
+
+    HeadBucket's x-amz-bucket-region header first (AWS sends it with a 200, and with the 301 of a
+    wrong regional endpoint); without it GetBucketLocation, when the credentials may call it.
+    """
+    headers: dict[str, str] = {}
+    error: Exception | None = None
     try:
-        response = client.head_bucket(Bucket=bucket)
+        headers = client.head_bucket(Bucket=bucket)["ResponseMetadata"].get("HTTPHeaders", {})
     except Exception as exc:
+        error = exc
         headers = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        return headers.get("x-amz-bucket-region", ""), exc
-    return response["ResponseMetadata"].get("HTTPHeaders", {}).get("x-amz-bucket-region", ""), None
+    if headers.get("x-amz-bucket-region"):
+        return headers["x-amz-bucket-region"], error
+    if error is not None and str((getattr(error, "response", None) or {}).get("Error", {}).get("Code")) == "404":
+        return "", error
+    try:
+        location = client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except Exception:
+        return "", error
+    # S3's legacy answers: no constraint is us-east-1, "EU" is eu-west-1
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, str(location)), error
 
 
 def check_s3(
