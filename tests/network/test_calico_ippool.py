@@ -189,7 +189,7 @@ def network_playbook(kube: Any, tmp: Path, *args: str) -> tuple[int, int, str]:
         [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory.yml"), "playbooks/network.yml",
          "-e", "mlopslab_calico_fix=ippool",
          # the port check is tests/test_k8s_node.py's (other suites may leave hostPort DaemonSets here)
-         "-e", "k8s_node_check_ingress_ports=false", *args],
+         "-e", '{"k8s_node_check_ingress_ports": false}', *args],
         cwd=REPO, env=ansible_env(tmp), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     out = proc.stdout + proc.stderr

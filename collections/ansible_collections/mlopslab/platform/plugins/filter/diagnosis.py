@@ -60,8 +60,18 @@ def diagnose_pod_outcome(pod: dict[str, Any] | None, log: list[str] | str, timeo
     return {"finished": False, "phase": phase, "words": words, "verdicts": []}
 
 
+def diagnose_verdict_words(item: list[Any] | tuple[Any, Any]) -> str:
+    """One line for a (pod outcome, verdict) pair: namespace / check (target): OK or the cause, what, fix."""
+    outcome, verdict = item
+    head = f"{outcome['namespace']} / {verdict['name']} ({verdict['target']}): "
+    if verdict["ok"]:
+        return head + "OK - " + verdict["summary"]
+    fix = f" Fix: {verdict['fix']}" if verdict.get("fix") else ""
+    return head + f"{verdict['cause']} - {verdict['summary']}{fix}"
+
+
 class FilterModule:
     """mlopslab.platform diagnosis filters."""
 
     def filters(self) -> dict[str, Any]:
-        return {"diagnose_pod_outcome": diagnose_pod_outcome}
+        return {"diagnose_pod_outcome": diagnose_pod_outcome, "diagnose_verdict_words": diagnose_verdict_words}

@@ -47,7 +47,20 @@ def k8s_pod_networks(
         for cidr in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
             if _ipv4(cidr):
                 networks.append({"cidr": cidr, "where": f"node {node['metadata']['name']} spec.podCIDR"})
+    networks.sort(key=lambda n: ipaddress.ip_network(n["cidr"], strict=False))
     return {"source": "the nodes' podCIDR" if networks else "", "networks": networks}
+
+
+def k8s_pod_network_cover(networks: dict[str, Any]) -> str:
+    """The smallest network holding every pod network found ("" when none): what mlopslab_pod_cidr
+    should at least be. For per-node podCIDRs the cluster's own range (--cluster-cidr) is larger."""
+    found = [ipaddress.ip_network(n["cidr"], strict=False) for n in networks.get("networks", [])]
+    if not found:
+        return ""
+    cover = found[0]
+    while not all(n.subnet_of(cover) for n in found):  # type: ignore[arg-type]
+        cover = cover.supernet()
+    return str(cover)
 
 
 def k8s_pod_network_mismatches(networks: dict[str, Any], assumed: str) -> list[dict[str, Any]]:
@@ -136,12 +149,25 @@ def _node_address(node: dict[str, Any]) -> str:
     return ""
 
 
+# Taints every DaemonSet pod tolerates (the DaemonSet controller adds these tolerations itself).
+_DAEMONSET_TOLERATED = {
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/disk-pressure",
+    "node.kubernetes.io/memory-pressure",
+    "node.kubernetes.io/pid-pressure",
+    "node.kubernetes.io/unschedulable",
+    "node.kubernetes.io/network-unavailable",
+}
+
+
 def _no_schedule_taints(node: dict[str, Any]) -> list[str]:
+    """The taints that keep a DaemonSet without matching tolerations off the node."""
     taints = (node.get("spec") or {}).get("taints") or []
     return [
         f"{t['key']}{'=' + t['value'] if t.get('value') else ''}:{t['effect']}"
         for t in taints
-        if t.get("effect") in ("NoSchedule", "NoExecute")
+        if t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") not in _DAEMONSET_TOLERATED
     ]
 
 
@@ -186,6 +212,7 @@ class FilterModule:
         return {
             "k8s_pod_networks": k8s_pod_networks,
             "k8s_pod_network_mismatches": k8s_pod_network_mismatches,
+            "k8s_pod_network_cover": k8s_pod_network_cover,
             "k8s_ingress_port_holders": k8s_ingress_port_holders,
             "k8s_ingress_node": k8s_ingress_node,
         }
