@@ -8,48 +8,21 @@ apiserver has no kubelet: the pod's status is written by the test, as a kubelet 
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+from tests.support.role_play import apply_role
+
 NAMES = ["mlflow.local", "airflow.local", "fastapi.local"]
 HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n# a comment the role must keep\n10.1.2.3 printer.lab\n"
 
 
-def apply(tmp: Path, *args: str, env: dict[str, str] | None = None, **role_vars: Any) -> tuple[int, int, str]:
+def apply(tmp: Path, *args: str, **role_vars: Any) -> tuple[int, int, str]:
     variables = {"ingress_hosts_file": str(tmp / "hosts"), "ingress_hosts_names": NAMES, **role_vars}
-    play = [
-        {
-            "name": "Apply ingress_hosts",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": sys.executable},
-            "roles": [{"role": "mlopslab.platform.ingress_hosts"}],
-        }
-    ]
-    (tmp / "play.yml").write_text(yaml.safe_dump(play))
-    (tmp / "vars.json").write_text(json.dumps(variables))
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp / "play.yml"), "-e", f"@{tmp / 'vars.json'}", *args],
-        cwd=REPO,
-        env={**(env or os.environ), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-             "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp")},
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    out = proc.stdout + proc.stderr
-    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", out)
-    assert recap, out
-    return proc.returncode, int(recap.group(1)), " ".join(out.split())
+    result = apply_role("mlopslab.platform.ingress_hosts", variables, tmp, *args)
+    return result.rc, result.changed, result.text
 
 
 def block(address: str) -> str:

@@ -2,7 +2,8 @@
 
 Isolated from a developer's running platform: its own MLOPSLAB_HOME (state, venvs, secrets)
 in a temporary directory, free ports instead of the defaults, and its own PostgreSQL cluster
-(``mlopslab_e2e``). Everything runs through ``python -m runner`` with a copy of
+(``mlopslab_e2e_<pid>``: one per test session, so that sessions running at the same time on a
+shared machine never drop or stop each other's). Everything runs through ``python -m runner`` with a copy of
 inventories/local whose extra ``group_vars/all/zz_e2e.yml`` (loaded after ``main.yml``) moves
 the ports and names the cluster.
 
@@ -37,7 +38,8 @@ from tests.support import local_platform
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CLUSTER = "mlopslab_e2e"
+CLUSTER_PREFIX = "mlopslab_e2e"
+CLUSTER = f"{CLUSTER_PREFIX}_{os.getpid()}"
 PG_VERSION = "15"
 MODEL = "iris_classifier"
 FEATURES = [5.1, 3.5, 1.4, 0.2]
@@ -167,9 +169,17 @@ def listeners(pids: set[int]) -> list[tuple[str, int, int]]:
     return found
 
 
-def _drop_cluster() -> None:
-    if Path(f"/etc/postgresql/{PG_VERSION}/{CLUSTER}").exists():
-        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, CLUSTER], check=False, capture_output=True)
+def _drop_cluster(name: str = CLUSTER) -> None:
+    if Path(f"/etc/postgresql/{PG_VERSION}/{name}").exists():
+        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, name], check=False, capture_output=True)
+
+
+def _drop_stale_clusters() -> None:
+    """Clusters of earlier sessions that ended without their teardown: their session is gone."""
+    for conf in Path(f"/etc/postgresql/{PG_VERSION}").glob(f"{CLUSTER_PREFIX}*"):
+        owner = conf.name.removeprefix(f"{CLUSTER_PREFIX}_")
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            _drop_cluster(conf.name)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +201,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "MLOPSLAB_STATE_DIR": str(base / "state"),
         "PYTHONUNBUFFERED": "1",
     }
+    _drop_stale_clusters()
     _drop_cluster()
     p = Platform(home=home, inventory=inventory, env=env, ports=ports)
     try:

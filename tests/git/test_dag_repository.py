@@ -10,7 +10,6 @@ does: ssh with the deploy key, StrictHostKeyChecking yes against the given known
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -23,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.support.role_play import RoleRun, apply_role
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 SSHD = Path("/usr/sbin/sshd")
 
 
@@ -142,20 +141,8 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
         run("ip", "netns", "del", ns, check=False)
 
 
-class Run:
-    def __init__(self, proc: subprocess.CompletedProcess[str], server: GitServer) -> None:
-        self.rc = proc.returncode
-        self.out = proc.stdout + proc.stderr
-        self.text = " ".join(self.out.split())
-        recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", self.out)
-        assert recap, self.out
-        self.changed, self.failed = int(recap.group(1)), int(recap.group(2))
-        for key in (server.deploy_key, server.other_key):
-            body = key.splitlines()[1]
-            assert body not in self.out, "a private key was printed"
-
-
-def check(server: GitServer, tmp: Path, *args: str, **role_vars: Any) -> Run:
+def check(server: GitServer, tmp: Path, *args: str, **role_vars: Any) -> RoleRun:
+    """The role, run inside the server's namespace (where 127.0.0.1 is the git server)."""
     variables = {
         "dag_repository_url": server.url("dags"),
         "dag_repository_known_hosts": server.known_hosts,
@@ -163,32 +150,17 @@ def check(server: GitServer, tmp: Path, *args: str, **role_vars: Any) -> Run:
         "dag_repository_publish_source": str(REPO / "dags"),
         **role_vars,
     }
-    play = [
-        {
-            "name": "Apply dag_repository",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": sys.executable},
-            "roles": [{"role": "mlopslab.platform.dag_repository"}],
-        }
-    ]
-    (tmp / "play.yml").write_text(yaml.safe_dump(play))
-    (tmp / "vars.yml").write_text(yaml.safe_dump(variables))
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(tmp),
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
         "LC_ALL": "C.UTF-8",
     }
-    proc = subprocess.run(
-        ["ip", "netns", "exec", server.ns, str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp / "play.yml"),
-         "-e", f"@{tmp / 'vars.yml'}", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    return Run(proc, server)
+    result = apply_role(
+        "mlopslab.platform.dag_repository", variables, tmp, *args, prefix=["ip", "netns", "exec", server.ns], env=env
+    )
+    for key in (server.deploy_key, server.other_key):
+        assert key.splitlines()[1] not in result.out, "a private key was printed"
+    return result
 
 
 def test_a_readable_repository_with_the_pipeline_passes(git_server: GitServer, tmp_path: Path) -> None:

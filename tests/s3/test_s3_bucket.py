@@ -9,22 +9,16 @@ ansible-playbook on localhost; only the endpoint URL differs from what it does a
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.support.moto_s3 import Moto, create_bucket, free_port, running_moto, s3_policy
+from tests.support.role_play import RoleRun, apply_role
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 BUCKET = "mlopslab-artifacts-test"
 ELSEWHERE = "mlopslab-artifacts-frankfurt"
 REGION = "ap-northeast-2"
@@ -42,17 +36,7 @@ def moto() -> Iterator[Moto]:
         yield server
 
 
-class Run:
-    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
-        self.rc = proc.returncode
-        self.out = proc.stdout + proc.stderr
-        self.text = " ".join(self.out.split())
-        recap = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", self.out)
-        assert recap, self.out
-        self.ok, self.changed, self.failed = (int(g) for g in recap.groups())
-
-
-def apply_role(moto: Moto, tmp: Path, user: str = "workload", *args: str, **role_vars: Any) -> Run:
+def run_role(moto: Moto, tmp: Path, user: str = "workload", *args: str, **role_vars: Any) -> RoleRun:
     credentials = tmp / "credentials"
     admin = moto.keys["admin"]
     credentials.write_text(
@@ -69,33 +53,14 @@ def apply_role(moto: Moto, tmp: Path, user: str = "workload", *args: str, **role
         "s3_bucket_secret_access_key": moto.keys[user]["SecretAccessKey"],
         **role_vars,
     }
-    play = [
-        {
-            "name": "Apply s3_bucket",
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": sys.executable},
-            "roles": [{"role": "mlopslab.platform.s3_bucket"}],
-        }
-    ]
-    (tmp / "play.yml").write_text(yaml.safe_dump(play))
-    (tmp / "vars.json").write_text(json.dumps(variables))
     env = {
         **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
         "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
         "AWS_CONFIG_FILE": os.devnull,
     }
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
         env.pop(name, None)
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp / "play.yml"), "-e", f"@{tmp / 'vars.json'}", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    run = Run(proc)
+    run = apply_role("mlopslab.platform.s3_bucket", variables, tmp, *args, env=env)
     for key in moto.keys.values():
         assert key["SecretAccessKey"] not in run.out, "a secret key was printed"
         assert key["AccessKeyId"] not in run.out, "an access key id was printed"
@@ -105,14 +70,14 @@ def apply_role(moto: Moto, tmp: Path, user: str = "workload", *args: str, **role
 def test_bucket_is_created_configured_and_the_workload_proven(moto: Moto, tmp_path: Path) -> None:
     admin = moto.client("s3", "admin", REGION)
 
-    check = apply_role(moto, tmp_path, "workload", "--check")
+    check = run_role(moto, tmp_path, "workload", "--check")
     assert check.rc == 0, check.out
     assert check.changed == 1, check.out
     assert f"create bucket {BUCKET} in {REGION}" in check.text, check.out
     assert "Probe skipped: the bucket does not exist yet" in check.text, check.out
     assert BUCKET not in [b["Name"] for b in admin.list_buckets()["Buckets"]]
 
-    applied = apply_role(moto, tmp_path)
+    applied = run_role(moto, tmp_path)
     assert applied.rc == 0, applied.out
     assert applied.changed == 1, applied.out
     assert admin.get_bucket_location(Bucket=BUCKET)["LocationConstraint"] == REGION
@@ -128,53 +93,53 @@ def test_bucket_is_created_configured_and_the_workload_proven(moto: Moto, tmp_pa
     assert f"The credentials can put, get, delete in s3://{BUCKET}/{PREFIX} (region {REGION})" in applied.text
     assert admin.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0, "the probe left an object behind"
 
-    again = apply_role(moto, tmp_path)
+    again = run_role(moto, tmp_path)
     assert again.rc == 0, again.out
     assert again.changed == 0, again.out
-    converged_check = apply_role(moto, tmp_path, "workload", "--check")
+    converged_check = run_role(moto, tmp_path, "workload", "--check")
     assert converged_check.rc == 0, converged_check.out
     assert converged_check.changed == 0, converged_check.out
 
-    versioned = apply_role(moto, tmp_path, s3_bucket_versioning="enabled")
+    versioned = run_role(moto, tmp_path, s3_bucket_versioning="enabled")
     assert versioned.rc == 0, versioned.out
     assert versioned.changed == 1, versioned.out
     assert admin.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
-    assert apply_role(moto, tmp_path, s3_bucket_versioning="enabled").changed == 0
+    assert run_role(moto, tmp_path, s3_bucket_versioning="enabled").changed == 0
 
 
 def test_a_missing_permission_is_named(moto: Moto, tmp_path: Path) -> None:
     create_bucket_if_missing(moto)
-    denied = apply_role(moto, tmp_path, "no_put")
+    denied = run_role(moto, tmp_path, "no_put")
     assert denied.rc != 0, denied.out
     assert denied.failed == 1, denied.out
     assert f"missing s3:PutObject on arn:aws:s3:::{BUCKET}/{PREFIX}/*" in denied.text, denied.out
     # outside the prefix the workload itself has no right either: the ARN follows the prefix
-    outside = apply_role(moto, tmp_path, "workload", s3_bucket_prefix="elsewhere")
+    outside = run_role(moto, tmp_path, "workload", s3_bucket_prefix="elsewhere")
     assert outside.rc != 0, outside.out
     assert f"missing s3:PutObject on arn:aws:s3:::{BUCKET}/elsewhere/*" in outside.text, outside.out
 
 
 def test_a_wrong_secret_is_told_apart_from_a_missing_permission(moto: Moto, tmp_path: Path) -> None:
     create_bucket_if_missing(moto)
-    wrong = apply_role(moto, tmp_path, "workload", s3_bucket_secret_access_key="not-the-secret-" + "x" * 20)
+    wrong = run_role(moto, tmp_path, "workload", s3_bucket_secret_access_key="not-the-secret-" + "x" * 20)
     assert wrong.rc != 0, wrong.out
     assert "S3 knows the access key id, but the secret access key does not match it" in wrong.text, wrong.out
 
 
 def test_a_bucket_in_another_region_fails_naming_it(moto: Moto, tmp_path: Path) -> None:
     create_bucket(moto.client("s3", "admin", "eu-central-1"), ELSEWHERE, "eu-central-1")
-    wrong_region = apply_role(moto, tmp_path, "admin", s3_bucket_name=ELSEWHERE)
+    wrong_region = run_role(moto, tmp_path, "admin", s3_bucket_name=ELSEWHERE)
     assert wrong_region.rc != 0, wrong_region.out
     assert f"Bucket {ELSEWHERE} exists in eu-central-1, not in {REGION}" in wrong_region.text, wrong_region.out
     assert "Set mlopslab_s3_region: eu-central-1" in wrong_region.text, wrong_region.out
     # s3_bucket_manage false only checks, and says the same
-    checked_only = apply_role(moto, tmp_path, "admin", s3_bucket_name=ELSEWHERE, s3_bucket_manage=False)
+    checked_only = run_role(moto, tmp_path, "admin", s3_bucket_name=ELSEWHERE, s3_bucket_manage=False)
     assert checked_only.rc != 0, checked_only.out
     assert f"exists in eu-central-1, not in {REGION}" in checked_only.text, checked_only.out
 
 
 def test_bad_settings_name_the_variable(moto: Moto, tmp_path: Path) -> None:
-    bad = apply_role(moto, tmp_path, "workload", s3_bucket_name="Not_A_Bucket")
+    bad = run_role(moto, tmp_path, "workload", s3_bucket_name="Not_A_Bucket")
     assert bad.rc != 0
     assert (
         's3_bucket_name must be an S3 bucket name (3-63 lower-case letters, digits, dots, hyphens; got "Not_A_Bucket")'
