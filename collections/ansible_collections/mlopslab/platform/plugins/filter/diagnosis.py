@@ -13,6 +13,8 @@ from typing import Any
 _HINTS = {
     "ErrImagePull": "the nodes cannot get the image {image}: deliver it to them (playbooks/images.yml)",
     "ImagePullBackOff": "the nodes cannot get the image {image}: deliver it to them (playbooks/images.yml)",
+    "ErrImageNeverPull": "the nodes do not have the image {image} and may not pull it: deliver it to them "
+    "(playbooks/images.yml)",
     "InvalidImageName": "{image} is not an image reference: set mlopslab_diagnose_image",
     "CreateContainerConfigError": "a Secret, ConfigMap or key the pod reads is missing: run the cluster stage "
     "(k8s_secrets) first",
