@@ -12,4 +12,5 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && [ -z "${MLOPSLAB_NO_BACKGROUND_BUIL
   (bash scripts/build-k8s.sh && bash scripts/build-cluster-images.sh) >.artifacts/cluster-build.log 2>&1 &
 fi
 bash scripts/lint.sh
-exec .venv/bin/python -m pytest "$@"
+# The slowest tests are listed at the end of every run (where the time of a fresh machine goes).
+exec .venv/bin/python -m pytest --durations=25 "$@"

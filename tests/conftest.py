@@ -8,12 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.kube_apiserver import kube_apiserver
 from tests.support.kube_cluster import kube_cluster
 from tests.support.lab_vms import lab_vms
 from tests.support.mlflow_server import mlflow_server, mlflow_tracking_uri, unique_model_name
 
-__all__ = ["kube_apiserver", "kube_cluster", "lab_vms", "mlflow_server", "mlflow_tracking_uri", "unique_model_name"]
+__all__ = ["kube_cluster", "lab_vms", "mlflow_server", "mlflow_tracking_uri", "unique_model_name"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -176,25 +176,25 @@ def test_push_refuses_a_wrong_password(built_images: BuiltImages, registry: Regi
     assert "wrong-password" not in run.output
 
 
-@pytest.mark.k8s
+@pytest.mark.cluster
 def test_pull_secret_in_each_namespace(
-    built_images: BuiltImages, registry: Registry, tmp_path: Path, kube_apiserver: Any
+    built_images: BuiltImages, registry: Registry, tmp_path: Path, kube_cluster: Any
 ) -> None:
     from kubernetes import client
 
-    namespaces = [kube_apiserver.create_namespace("images-a"), kube_apiserver.create_namespace("images-b")]
+    namespaces = [kube_cluster.create_namespace("images-a"), kube_cluster.create_namespace("images-b")]
     variables = _push_vars(built_images, registry, tmp_path, container_images_pull_secret_namespaces=namespaces)
-    first = run_images_role(tmp_path / "first", variables, env=kube_apiserver.env())
+    first = run_images_role(tmp_path / "first", variables, env=kube_cluster.env())
     assert first.rc == 0, "\n".join(first.failures) or first.output[-4000:]
     assert "Create the image pull Secret in each namespace" in _changed(first)
-    core = client.CoreV1Api(kube_apiserver.api_client())
+    core = client.CoreV1Api(kube_cluster.api_client())
     for namespace in namespaces:
         secret = core.read_namespaced_secret("mlops-lab-registry", namespace)
         assert secret.type == "kubernetes.io/dockerconfigjson"
         config = json.loads(base64.b64decode(secret.data[".dockerconfigjson"]))
         auth = config["auths"][registry.host]
         assert base64.b64decode(auth["auth"]).decode() == f"{registry.username}:{registry.password}"
-    second = run_images_role(tmp_path / "second", variables, env=kube_apiserver.env())
+    second = run_images_role(tmp_path / "second", variables, env=kube_cluster.env())
     assert second.rc == 0, second.failures
     assert _changed(second) == []
     assert registry.password not in first.output + second.output
