@@ -1,4 +1,4 @@
-"""`python -m runner`: bootstrap, plan, render, status, down and train the mlops-lab platform.
+"""`python -m runner`: bootstrap, plan, render, status, diagnose, down and train the mlops-lab platform.
 
 Exit codes: 0 ok, 1 a stage (or the run) failed, 2 usage error, 3 training rejected by the gate,
 130 interrupted.
@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a stage (or the run) failed, 2 usage error, 3 training rejec
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -20,8 +21,16 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.ansible import RunOptions, run_stage
-from runner.health import endpoints_file, probe_endpoints, read_endpoints
-from runner.inventory import Inventory, InventoryError, load_inventory
+from runner.health import (
+    LAB_VARIABLES,
+    Component,
+    components_from_endpoints,
+    endpoints_file,
+    lab_components,
+    probe_components,
+    read_endpoints,
+)
+from runner.inventory import Inventory, InventoryError, inventory_variables, load_inventory
 from runner.paths import local_home, project_dir, runs_dir
 from runner.progress import Progress, summary_table
 from runner.render import RenderError, prepare_out_dir
@@ -34,6 +43,12 @@ from runner.train import PasswordTokenAuth, TrainError, TrainParams, auth_from_e
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DOWN_STAGE = Stage("down", "playbooks/down.yml", ("local_platform",), "stop the local services (data is kept)")
+DIAGNOSE_STAGE = Stage(
+    "diagnose",
+    "playbooks/diagnose.yml",
+    ("k8s_control",),
+    "PostgreSQL, NFS and S3 checked from short-lived pods with the workloads' Secrets",
+)
 
 app = typer.Typer(
     help="Build and operate the mlops-lab platform: one stage at a time, with ansible-runner.",
@@ -202,9 +217,38 @@ def plan(
     console.print(table)
 
 
+def _components(inventory: Path | None, vault_password_file: Path | None) -> tuple[list[Component], list[str]]:
+    """The local platform's (endpoints.json) or, for an inventory with a cluster, the lab's."""
+    if inventory is not None:
+        path = _resolve_inventory(inventory)
+        inv = _load(path, None)
+        control = inv.hosts_of(("k8s_control",))
+        if control and not inv.hosts_of(("local_platform",)):
+            try:
+                values = inventory_variables(path, control[0], LAB_VARIABLES, vault_password_file)
+            except Exception as exc:  # an unreadable vault, an inventory error: say it
+                raise _usage_error(f"cannot read {path}: {exc}") from exc
+            return lab_components(values)
+    path = endpoints_file()
+    if not path.exists():
+        return [], [f"no local platform endpoints recorded ({path})"]
+    return components_from_endpoints(path), []
+
+
 @app.command()
-def status() -> None:
-    """Show the last run's summary and the health of the running platform's components."""
+def status(
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="Inventory (default: the local platform).")
+    ] = None,
+    vault_password_file: VaultOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the components' health as JSON only.")] = False,
+) -> None:
+    """Show the last run's summary and whether each component can do its job (exit 1 if one cannot)."""
+    if as_json:
+        components, notes = _components(inventory, vault_password_file)
+        probes = probe_components(components)
+        print(json.dumps({"components": [vars(probe) for probe in probes], "notes": notes}, indent=2))
+        raise typer.Exit(EXIT_FAILED if any(not probe.healthy for probe in probes) else EXIT_OK)
     summary = read_last_summary()
     if summary is None:
         console.print("no run recorded yet: start with `python -m runner bootstrap`")
@@ -213,17 +257,43 @@ def status() -> None:
         console.print(summary_table(summary.stages))
         verdict = "[green]succeeded[/]" if summary.exit_code == EXIT_OK else f"[red]exit {summary.exit_code}[/]"
         console.print(f"result: {verdict}  artifacts: {summary.run_dir}")
-    path = endpoints_file()
-    if not path.exists():
-        console.print(f"no local platform endpoints recorded ({path})")
+    components, notes = _components(inventory, vault_password_file)
+    for note in notes:
+        console.print(note)
+    if not components:
         return
     table = Table(title="components")
     for column in ("component", "endpoint", "health"):
         table.add_column(column)
-    for probe in probe_endpoints(path):
-        health = f"[green]up[/] ({probe.detail})" if probe.healthy else f"[red]down[/] ({probe.detail})"
+    probes = probe_components(components)
+    for probe in probes:
+        health = f"[green]up[/]: {probe.detail}" if probe.healthy else f"[red]down[/]: {probe.detail}"
         table.add_row(probe.name, probe.url, health)
     console.print(table)
+    down = [probe.name for probe in probes if not probe.healthy]
+    if down:
+        console.print(f"[red]down:[/] {', '.join(down)}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def diagnose(
+    inventory: InventoryOption = Path("inventories/lab"),
+    vault_password_file: VaultOption = None,
+    verbose: VerboseOption = 0,
+) -> None:
+    """Check PostgreSQL, NFS and S3 from short-lived pods in the cluster, with the workloads' own
+    Secrets; one verdict per check, each failure with its cause and fix."""
+    path = _resolve_inventory(inventory)
+    inv = _load(path, None)
+    if not inv.hosts_of(DIAGNOSE_STAGE.groups):
+        raise _usage_error(f"{path} has no k8s_control host: diagnose runs its pods on a cluster")
+    options = RunOptions(
+        inventory=path,
+        vault_password_file=vault_password_file.resolve() if vault_password_file else None,
+        verbosity=verbose,
+    )
+    raise typer.Exit(_run([DIAGNOSE_STAGE], inv, options, []))
 
 
 @app.command()

@@ -1,12 +1,19 @@
-"""Reads an inventory's groups and hosts (never its variables, so no vault password is needed)."""
+"""Reads an inventory: its groups and hosts (no vault password needed), and, for the commands that
+talk to a running platform (status, on a cluster), the values of a few of its variables.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ansible.errors import AnsibleUndefinedVariable
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
+from ansible.parsing.vault import get_file_vault_secret
+from ansible.template import Templar, trust_as_template
+from ansible.vars.manager import VariableManager
 
 
 class InventoryError(ValueError):
@@ -43,3 +50,31 @@ def load_inventory(path: Path, limit: str | None = None) -> Inventory:
         hosts = manager.get_hosts(pattern=name)
         groups[name] = [host.name for host in hosts]
     return Inventory(path=path, groups=groups)
+
+
+def inventory_variables(
+    path: Path, host: str, names: list[str], vault_password_file: Path | None = None
+) -> dict[str, Any]:
+    """The values ``names`` take for ``host``, templated as a play would (hostvars and groups
+    included); a name that is undefined is left out. Vault-encrypted files need the password file.
+    """
+    loader = DataLoader()
+    if vault_password_file is not None:
+        secret = get_file_vault_secret(filename=str(vault_password_file), loader=loader)
+        secret.load()
+        loader.set_vault_secrets([("default", secret)])
+    manager = InventoryManager(loader=loader, sources=[str(path)])
+    variables = VariableManager(loader=loader, inventory=manager)
+    target = manager.get_host(host)
+    if target is None:
+        raise InventoryError(f"inventory {path} has no host {host}")
+    hostvars = {h.name: variables.get_vars(host=h, include_hostvars=False) for h in manager.get_hosts()}
+    templar = Templar(loader=loader, variables={**variables.get_vars(host=target, include_hostvars=False),
+                                                "hostvars": hostvars})  # fmt: skip
+    found: dict[str, Any] = {}
+    for name in names:
+        try:
+            found[name] = templar.template(trust_as_template("{{ " + name + " }}"))
+        except AnsibleUndefinedVariable:
+            continue
+    return found

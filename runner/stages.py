@@ -23,8 +23,18 @@ STAGES: tuple[Stage, ...] = (
         "ansible-core, collections, inventory invariants, secrets",
         always=True,
     ),
-    Stage("hosts", "playbooks/hosts.yml", ("nfs_servers", "db_servers"), "NFS and PostgreSQL servers"),
-    Stage("network", "playbooks/network.yml", ("k8s_nodes",), "Calico VM access (SNAT / IPPool)"),
+    Stage(
+        "hosts",
+        "playbooks/hosts.yml",
+        ("nfs_servers", "db_servers", "k8s_control"),
+        "NFS and PostgreSQL servers, the S3 artifact bucket",
+    ),
+    Stage(
+        "network",
+        "playbooks/network.yml",
+        ("k8s_nodes",),
+        "node prerequisites, the cluster's pod network and ingress ports, Calico VM access (SNAT / IPPool)",
+    ),
     Stage(
         "cluster",
         "playbooks/cluster.yml",

@@ -2,7 +2,8 @@
 
 Isolated from a developer's running platform: its own MLOPSLAB_HOME (state, venvs, secrets)
 in a temporary directory, free ports instead of the defaults, and its own PostgreSQL cluster
-(``mlopslab_e2e``). Everything runs through ``python -m runner`` with a copy of
+(``mlopslab_e2e_<pid>``: one per test session, so that sessions running at the same time on a
+shared machine never drop or stop each other's). Everything runs through ``python -m runner`` with a copy of
 inventories/local whose extra ``group_vars/all/zz_e2e.yml`` (loaded after ``main.yml``) moves
 the ports and names the cluster.
 
@@ -37,7 +38,8 @@ from tests.support import local_platform
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CLUSTER = "mlopslab_e2e"
+CLUSTER_PREFIX = "mlopslab_e2e"
+CLUSTER = f"{CLUSTER_PREFIX}_{os.getpid()}"
 PG_VERSION = "15"
 MODEL = "iris_classifier"
 FEATURES = [5.1, 3.5, 1.4, 0.2]
@@ -167,9 +169,17 @@ def listeners(pids: set[int]) -> list[tuple[str, int, int]]:
     return found
 
 
-def _drop_cluster() -> None:
-    if Path(f"/etc/postgresql/{PG_VERSION}/{CLUSTER}").exists():
-        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, CLUSTER], check=False, capture_output=True)
+def _drop_cluster(name: str = CLUSTER) -> None:
+    if Path(f"/etc/postgresql/{PG_VERSION}/{name}").exists():
+        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, name], check=False, capture_output=True)
+
+
+def _drop_stale_clusters() -> None:
+    """Clusters of earlier sessions that ended without their teardown: their session is gone."""
+    for conf in Path(f"/etc/postgresql/{PG_VERSION}").glob(f"{CLUSTER_PREFIX}*"):
+        owner = conf.name.removeprefix(f"{CLUSTER_PREFIX}_")
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            _drop_cluster(conf.name)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +201,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "MLOPSLAB_STATE_DIR": str(base / "state"),
         "PYTHONUNBUFFERED": "1",
     }
+    _drop_stale_clusters()
     _drop_cluster()
     p = Platform(home=home, inventory=inventory, env=env, ports=ports)
     try:
@@ -325,3 +336,124 @@ def test_down_and_up_keep_registry_and_artifacts(platform: Platform) -> None:
     response = httpx.post(f"{platform.url('serving')}/predict", json={"features": FEATURES}, timeout=30)
     assert response.status_code == 200
     assert response.json()["model_version"] == champion
+
+
+# --- status that tells the truth, and what holds up while PostgreSQL or MLflow is down ---------
+
+
+def status(platform: Platform) -> tuple[int, dict[str, dict[str, Any]]]:
+    result = platform.runner("status", "--json", timeout=120)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    components = {c["name"]: c for c in json.loads(result.stdout)["components"]}
+    assert set(components) == {"postgresql", "s3", "mlflow", "airflow", "serving"}, result.stdout
+    return result.returncode, components
+
+
+def wait_all_up(platform: Platform, timeout: float = 300) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, components = status(platform)
+        if rc == 0:
+            return components
+        assert time.monotonic() < deadline, f"not every component recovered: {components}"
+        time.sleep(5)
+
+
+class Load:
+    """Steady /predict requests from a few threads; counts outcomes."""
+
+    def __init__(self, platform: Platform, threads: int = 4) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._url = platform.url("serving")
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json={"features": FEATURES})
+                    self.outcomes[str(response.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    self.outcomes[type(exc).__name__] += 1
+                time.sleep(0.01)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+def supervisorctl(platform: Platform, *args: str) -> None:
+    supervisor = platform.home / "supervisor"
+    subprocess.run(
+        [str(supervisor / "venv" / "bin" / "supervisorctl"), "-c", str(supervisor / "supervisord.conf"), *args],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_status_says_what_each_component_can_do(platform: Platform) -> None:
+    components = wait_all_up(platform)
+    assert "PostgreSQL accepts airflow_user on airflow_db" in components["postgresql"]["detail"]
+    assert "PostgreSQL accepts mlflow_user on mlflow_db" in components["postgresql"]["detail"]
+    assert "The credentials can list" in components["s3"]["detail"]
+    assert "the registry answers" in components["mlflow"]["detail"]
+    assert components["airflow"]["detail"].startswith("healthy: metadatabase, scheduler")
+    assert f"serves {MODEL} version" in components["serving"]["detail"]
+
+
+def test_postgresql_down_is_told_serving_keeps_answering_and_all_recover(platform: Platform) -> None:
+    wait_all_up(platform)
+    with Load(platform) as load:
+        stopped = time.monotonic()
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", "-m", "fast", PG_VERSION, CLUSTER, "stop"],
+            check=True,
+            timeout=120,
+        )
+        try:
+            time.sleep(8)  # Airflow notices on its next heartbeat
+            rc, components = status(platform)
+            assert rc == 1, components
+            assert not components["postgresql"]["healthy"]
+            assert "nothing accepts connections" in components["postgresql"]["detail"].lower(), components
+            assert not components["mlflow"]["healthy"]
+            assert "cannot reach its backend store (PostgreSQL)" in components["mlflow"]["detail"], components
+            assert not components["airflow"]["healthy"]
+            assert "metadatabase unhealthy" in components["airflow"]["detail"], components
+            assert components["serving"]["healthy"], components  # it serves the model it has
+            assert components["s3"]["healthy"], components
+            time.sleep(max(0.0, 25 - (time.monotonic() - stopped)))
+        finally:
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, CLUSTER, "start"], check=True, timeout=120
+            )
+        recovered = wait_all_up(platform)
+    assert load.outcomes["200"] > 0
+    assert set(load.outcomes) == {"200"}, f"failed requests while PostgreSQL was down: {dict(load.outcomes)}"
+    assert recovered["airflow"]["healthy"]
+    print(f"\nPostgreSQL down ~25 s: {dict(load.outcomes)}")
+
+
+def test_mlflow_down_is_told_serving_keeps_answering_and_recovers(platform: Platform) -> None:
+    wait_all_up(platform)
+    with Load(platform) as load:
+        supervisorctl(platform, "stop", "mlflow-server")
+        try:
+            rc, components = status(platform)
+            assert rc == 1, components
+            assert not components["mlflow"]["healthy"]
+            assert "nothing answers at" in components["mlflow"]["detail"], components
+            assert components["serving"]["healthy"], components
+            time.sleep(20)  # serving polls the registry every 5 s meanwhile
+        finally:
+            supervisorctl(platform, "start", "mlflow-server")
+        wait_all_up(platform)
+    assert load.outcomes["200"] > 0
+    assert set(load.outcomes) == {"200"}, f"failed requests while MLflow was down: {dict(load.outcomes)}"
+    print(f"\nMLflow down ~20 s: {dict(load.outcomes)}")

@@ -55,6 +55,9 @@ class SeedNetwork:
     node: str
     db: str
     pg_log: Path
+    pg_data: Path
+    postmaster: subprocess.Popen[bytes]
+    db_if: str
 
     def psql_from_pod(self, sql: str = "SELECT inet_client_addr()") -> subprocess.CompletedProcess[str]:
         """Connect as the application would, from the pod namespace, with the real password."""
@@ -70,6 +73,19 @@ class SeedNetwork:
     def nat_rules(self) -> str:
         return in_ns(self.node, "iptables", "-w", "5", "-t", "nat", "-S", "POSTROUTING").stdout
 
+    def admit(self, cidr: str) -> None:
+        """Make pg_hba admit airflow_user on airflow_db from ``cidr`` only, and reload PostgreSQL."""
+        (self.pg_data / "pg_hba.conf").write_text(
+            f"local all all trust\nhost {DB_NAME} {DB_USER} {cidr} scram-sha-256\n"
+        )
+        seen = len(self.pg_log_text())
+        self.postmaster.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while "reloading configuration files" not in self.pg_log_text()[seen:]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PostgreSQL did not reload:\n{self.pg_log_text()[seen:]}")
+            time.sleep(0.2)
+
 
 def _require_root_tools() -> None:
     if os.geteuid() != 0:
@@ -82,7 +98,7 @@ def _require_root_tools() -> None:
         )
 
 
-def _build_namespaces(pod: str, node: str, db: str, tag: str) -> None:
+def _build_namespaces(pod: str, node: str, db: str, tag: str) -> str:
     for ns in (pod, node, db):
         run("ip", "netns", "add", ns)
         in_ns(ns, "ip", "link", "set", "lo", "up")
@@ -102,6 +118,7 @@ def _build_namespaces(pod: str, node: str, db: str, tag: str) -> None:
     in_ns(db, "ip", "addr", "add", f"{DB_ADDR}/24", "dev", db_if)
     in_ns(db, "ip", "link", "set", db_if, "up")
     in_ns(db, "ip", "route", "add", POD_CIDR, "via", NODE_ADDR)
+    return db_if
 
 
 def _start_postgres(db: str, workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
@@ -154,9 +171,9 @@ def seed_network() -> Iterator[SeedNetwork]:
     workdir.chmod(0o755)
     proc: subprocess.Popen[bytes] | None = None
     try:
-        _build_namespaces(pod, node, db, tag)
+        db_if = _build_namespaces(pod, node, db, tag)
         proc, log = _start_postgres(db, workdir)
-        yield SeedNetwork(pod=pod, node=node, db=db, pg_log=log)
+        yield SeedNetwork(pod=pod, node=node, db=db, pg_log=log, pg_data=workdir / "data", postmaster=proc, db_if=db_if)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # fast shutdown; `ip netns exec` and setpriv exec postgres

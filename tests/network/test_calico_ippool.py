@@ -4,10 +4,12 @@ Two levels:
 * schema (no cluster): the role's own patch computation (vars/main.yml) is evaluated by
   Ansible for several current pools, and pool + patch is validated against Calico's IPPool CRD
   schema (tests/fixtures/calico/crd.projectcalico.org_ippools.yaml);
-* k8s: the CRD is installed into the real loopback kube-apiserver (tests/support/kube_cluster.py),
+* cluster: the CRD is installed into the real single-node cluster (tests/support/kube_cluster.py),
   default-ipv4-ippool is created with ipipMode Always, and playbooks/network.yml runs the role from
   a k8s_control host: check mode reports the change without making it, the first run changes the
-  pool, the second changes nothing (same resourceVersion), state absent reverts it.
+  pool, the second changes nothing (same resourceVersion), state absent reverts it. The same for a
+  VXLAN pool (vxlanMode, never ipipMode), and for a pool the Tigera operator owns: the role changes
+  the operator's Installation and leaves the IPPool (which the operator would reset) alone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,14 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.support.crds import install_crd, installation_crd, ippool_crd
+
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "collections/ansible_collections/mlopslab/platform/roles/calico_vm_access"
 CRD_FILE = REPO / "tests/fixtures/calico/crd.projectcalico.org_ippools.yaml"
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 POOL = "default-ipv4-ippool"
+ANNOTATION = "mlopslab.platform/calico-vm-access-encapsulation"
 
 
 def crd() -> dict[str, Any]:
@@ -85,12 +89,13 @@ def role_patches(tmp: Path, cases: list[tuple[dict[str, Any], dict[str, Any]]]) 
         for n, (current_spec, role_vars) in enumerate(cases)
     ]
     (tmp / "play.yml").write_text(yaml.safe_dump(plays))
+    # (the patch is {"spec": ..., "metadata": {"annotations": ...}}; these cases compare the spec)
     proc = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(tmp / "play.yml")],
         cwd=REPO, env=ansible_env(tmp), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [json.loads((tmp / f"patch-{n}.json").read_text()) for n in range(len(cases))]
+    return [json.loads((tmp / f"patch-{n}.json").read_text()).get("spec", {}) for n in range(len(cases))]
 
 
 def validate_pool(spec: dict[str, Any]) -> None:
@@ -114,7 +119,8 @@ def test_the_patch_sets_only_what_differs_and_fits_the_crd(tmp_path: Path) -> No
         ({"cidr": "10.244.0.0/16"}, {}),  # Calico omits natOutgoing when false and ipipMode when Never
         ({**SEED_POOL, "ipipMode": "Never"}, {}),
         ({**SEED_POOL, "ipipMode": "Never"}, {"calico_vm_access_state": "absent"}),
-        (SEED_POOL, {"calico_vm_access_ippool_ipip_mode": "CrossSubnet"}),
+        (SEED_POOL, {"calico_vm_access_ippool_encapsulation_mode": "CrossSubnet"}),
+        ({**SEED_POOL, "ipipMode": "Never", "vxlanMode": "Always"}, {}),
     ]
     patches = role_patches(tmp_path, cases)
     assert patches == [
@@ -124,6 +130,7 @@ def test_the_patch_sets_only_what_differs_and_fits_the_crd(tmp_path: Path) -> No
         {},
         {"ipipMode": "Always"},
         {"ipipMode": "CrossSubnet"},
+        {"vxlanMode": "Never"},
     ]
     for (current, _), patch in zip(cases, patches, strict=True):
         validate_pool({"cidr": "10.244.0.0/16", **current, **patch})
@@ -141,40 +148,29 @@ def test_the_crd_schema_rejects_what_calico_would() -> None:
 # --- against the real kube-apiserver ----------------------------------------------------------
 
 
-def install_crd(api_client: Any) -> None:
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    ext = client.ApiextensionsV1Api(api_client)
-    body = crd()
-    body.pop("status", None)
-    # Calico's generated file marks allowedUses uniqueItems, which the apiserver refuses ("runtime
-    # complexity becomes quadratic"); a set list type says the same in the form it accepts.
-    (version,) = body["spec"]["versions"]
-    allowed_uses = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["allowedUses"]
-    del allowed_uses["uniqueItems"]
-    allowed_uses["x-kubernetes-list-type"] = "set"
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    deadline = time.monotonic() + 60
-    while True:
-        conditions = ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        assert time.monotonic() < deadline, f"CRD not Established: {conditions}"
-        time.sleep(0.5)
-
-
-def read_pool(api_client: Any) -> dict[str, Any]:
+def read_pool(api_client: Any, name: str = POOL) -> dict[str, Any]:
     from kubernetes import client
 
-    return client.CustomObjectsApi(api_client).get_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", POOL)
+    return client.CustomObjectsApi(api_client).get_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", name)
+
+
+def create_pool(api_client: Any, spec: dict[str, Any], name: str = POOL) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api_client).create_cluster_custom_object(
+        "crd.projectcalico.org", "v1", "ippools",
+        {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec},
+    )  # fmt: skip
+
+
+def delete_pool(api_client: Any, name: str = POOL) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api_client).delete_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", name)
 
 
 def network_playbook(kube: Any, tmp: Path, *args: str) -> tuple[int, int, str]:
+    """playbooks/network.yml in ippool mode from a k8s_control host; (rc, changed, output as one line)."""
     inventory = {
         "all": {
             "vars": {"mlopslab_pod_cidr": "10.244.0.0/16", "mlopslab_kubeconfig": str(kube.kubeconfig)},
@@ -191,7 +187,9 @@ def network_playbook(kube: Any, tmp: Path, *args: str) -> tuple[int, int, str]:
     (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
     proc = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", str(tmp / "inventory.yml"), "playbooks/network.yml",
-         "-e", "mlopslab_calico_fix=ippool", *args],
+         "-e", "mlopslab_calico_fix=ippool",
+         # the port check is tests/test_k8s_node.py's (other suites may leave hostPort DaemonSets here)
+         "-e", '{"k8s_node_check_ingress_ports": false}', *args],
         cwd=REPO, env=ansible_env(tmp), capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
@@ -203,16 +201,10 @@ def network_playbook(kube: Any, tmp: Path, *args: str) -> tuple[int, int, str]:
 @pytest.mark.cluster
 @pytest.mark.timeout(900)
 def test_ippool_mode_against_a_real_apiserver(kube_cluster: Any, tmp_path: Path) -> None:
-    from kubernetes import client
 
     with kube_cluster.api_client() as api:
-        install_crd(api)
-        objects = client.CustomObjectsApi(api)
-        objects.create_cluster_custom_object(
-            "crd.projectcalico.org", "v1", "ippools",
-            {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool", "metadata": {"name": POOL},
-             "spec": SEED_POOL},
-        )  # fmt: skip
+        install_crd(api, ippool_crd())
+        create_pool(api, SEED_POOL)
         try:
             created = read_pool(api)
 
@@ -228,6 +220,7 @@ def test_ippool_mode_against_a_real_apiserver(kube_cluster: Any, tmp_path: Path)
             assert changed == 1, text
             fixed = read_pool(api)
             assert fixed["spec"] == {**SEED_POOL, "ipipMode": "Never", "vxlanMode": "Never"}
+            assert fixed["metadata"]["annotations"] == {ANNOTATION: "IPIP"}
             assert "the IPPool fix is in place" in text
 
             rc, changed, text = network_playbook(kube_cluster, tmp_path)
@@ -243,4 +236,80 @@ def test_ippool_mode_against_a_real_apiserver(kube_cluster: Any, tmp_path: Path)
             assert rc == 0, text
             assert changed == 0, text
         finally:
-            objects.delete_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", POOL)
+            delete_pool(api)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(900)
+def test_a_vxlan_pool_gets_its_own_field(kube_cluster: Any, tmp_path: Path) -> None:
+    vxlan_pool = {"cidr": "10.244.0.0/16", "blockSize": 26, "vxlanMode": "Always", "ipipMode": "Never",
+                  "natOutgoing": False, "nodeSelector": "all()"}  # fmt: skip
+    with kube_cluster.api_client() as api:
+        install_crd(api, ippool_crd())
+        create_pool(api, vxlan_pool)
+        try:
+            rc, changed, text = network_playbook(kube_cluster, tmp_path)
+            assert rc == 0, text
+            assert changed == 1, text
+            fixed = read_pool(api)
+            assert fixed["spec"] == {**vxlan_pool, "vxlanMode": "Never", "natOutgoing": True}
+            validate_pool(fixed["spec"])
+            assert "has no encapsulation and natOutgoing true: the IPPool fix is in place" in text
+
+            rc, changed, text = network_playbook(kube_cluster, tmp_path)
+            assert (rc, changed) == (0, 0), text
+
+            rc, changed, text = network_playbook(kube_cluster, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
+            assert (rc, changed) == (0, 1), text
+            reverted = read_pool(api)
+            # VXLAN back on, IPIP left off: never both
+            assert (reverted["spec"]["vxlanMode"], reverted["spec"]["ipipMode"]) == ("Always", "Never")
+            assert ANNOTATION not in (reverted["metadata"].get("annotations") or {})
+            assert "has VXLAN encapsulation (vxlanMode Always)" in text
+        finally:
+            delete_pool(api)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(900)
+def test_an_operator_pool_is_changed_in_the_installation(kube_cluster: Any, tmp_path: Path) -> None:
+    from kubernetes import client
+
+    installation = {
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "metadata": {"name": "default"},
+        "spec": {"calicoNetwork": {"ipPools": [
+            {"name": POOL, "cidr": "10.244.0.0/16", "blockSize": 26, "encapsulation": "IPIP",
+             "natOutgoing": "Enabled", "nodeSelector": "all()"},
+        ]}},
+    }  # fmt: skip
+    with kube_cluster.api_client() as api:
+        install_crd(api, ippool_crd())
+        install_crd(api, installation_crd())
+        objects = client.CustomObjectsApi(api)
+        objects.create_cluster_custom_object("operator.tigera.io", "v1", "installations", installation)
+        create_pool(api, SEED_POOL)  # what the operator made of it
+        try:
+            pool_before = read_pool(api)
+            rc, changed, text = network_playbook(kube_cluster, tmp_path)
+            assert rc == 0, text
+            assert changed == 1, text
+            got = objects.get_cluster_custom_object("operator.tigera.io", "v1", "installations", "default")
+            (pool,) = got["spec"]["calicoNetwork"]["ipPools"]
+            assert (pool["encapsulation"], pool["natOutgoing"], pool["cidr"]) == ("None", "Enabled", "10.244.0.0/16")
+            assert got["metadata"]["annotations"] == {ANNOTATION: "IPIP"}
+            # the IPPool is the operator's to update: untouched
+            assert read_pool(api)["metadata"]["resourceVersion"] == pool_before["metadata"]["resourceVersion"]
+            assert "owned by the Tigera operator" in text
+
+            rc, changed, text = network_playbook(kube_cluster, tmp_path)
+            assert (rc, changed) == (0, 0), text
+
+            rc, changed, text = network_playbook(kube_cluster, tmp_path, "-e", "mlopslab_calico_fix_state=absent")
+            assert (rc, changed) == (0, 1), text
+            got = objects.get_cluster_custom_object("operator.tigera.io", "v1", "installations", "default")
+            assert got["spec"]["calicoNetwork"]["ipPools"][0]["encapsulation"] == "IPIP"
+        finally:
+            objects.delete_cluster_custom_object("operator.tigera.io", "v1", "installations", "default")
+            delete_pool(api)

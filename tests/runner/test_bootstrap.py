@@ -31,6 +31,7 @@ def test_stages_run_in_order_and_empty_groups_are_skipped(project: LabProject) -
         "hosts": "successful",
         "network": "skipped",
         "cluster": "skipped",
+        "images": "skipped",
         "platform": "successful",
         "smoke": "successful",
     }

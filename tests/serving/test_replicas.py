@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runner.health import _probe
+from runner.health import Component, check_http, check_serving
 from tests.support.mlflow_server import RegisteredIris, free_port, register_iris_model
 from tests.support.serving_app import TOKEN, UvicornServer, wait_for
 
@@ -31,8 +31,8 @@ def test_a_reload_reaching_one_worker_swaps_both(
         server.wait_ready()
         # wait_ready sees the first worker that loads; the second may still be loading ("none")
         wait_for(lambda: httpx.get(f"{server.url}/replicas").json()["versions"] == {"1": 2}, 60, "two workers on 1")
-        probe = _probe("serving", f"{server.url}/healthz", 10)
-        assert (probe.healthy, probe.detail) == (True, "version 1 on all 2 worker(s)")
+        probe = check_serving(Component("serving", "serving", server.url), 10)
+        assert (probe.healthy, probe.detail) == (True, f"serves {champion.name} version 1 on all 2 worker(s)")
 
         register_iris_model(mlflow_tracking_uri, champion.name, random_state=2)
         reloaded = httpx.post(f"{server.url}/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
@@ -48,7 +48,8 @@ def test_a_reload_reaching_one_worker_swaps_both(
 
 def test_status_reports_a_replica_that_cannot_see_its_peer(uvicorn_server: Callable[..., UvicornServer]) -> None:
     server = uvicorn_server(SERVING_PEER_URLS=f"http://127.0.0.1:{free_port()}")
-    probe = _probe("serving", f"{server.url}/healthz", 10)
+    probe = check_serving(Component("serving", "serving", server.url), 10)
     assert probe.healthy is False
     assert probe.detail.startswith("workers disagree: {'1': 1}, unreachable peers ['http://127.0.0.1:")
-    assert _probe("mlflow-like", f"{server.url}/healthz", 10).detail == "HTTP 200"  # other components: as before
+    # a bare URL (an older endpoints file) is a port check only
+    assert check_http(Component("serving", "http", f"{server.url}/healthz"), 10).detail == "HTTP 200 (port check only)"

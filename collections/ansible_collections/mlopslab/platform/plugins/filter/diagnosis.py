@@ -1,0 +1,79 @@
+"""Reads a diagnose pod back: its verdicts (the probe's JSON lines), or why it did not run.
+
+The connectivity_diagnosis role starts one short-lived pod per namespace; this filter turns what
+the API says about it (the Pod object and its log) into the verdicts and, when the pod never got
+to print them, into words that name the reason (image, missing Secret, scheduling).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_HINTS = {
+    "ErrImagePull": "the nodes cannot get the image {image}: deliver it to them (playbooks/images.yml)",
+    "ImagePullBackOff": "the nodes cannot get the image {image}: deliver it to them (playbooks/images.yml)",
+    "ErrImageNeverPull": "the nodes do not have the image {image} and may not pull it: deliver it to them "
+    "(playbooks/images.yml)",
+    "InvalidImageName": "{image} is not an image reference: set mlopslab_diagnose_image",
+    "CreateContainerConfigError": "a Secret, ConfigMap or key the pod reads is missing: run the cluster stage "
+    "(k8s_secrets) first",
+    "Unschedulable": "no node can take the pod",
+}
+
+
+def diagnose_pod_outcome(pod: dict[str, Any] | None, log: list[str] | str, timeout: int, image: str) -> dict[str, Any]:
+    """``{"finished", "phase", "words", "verdicts"}`` of a probe pod."""
+    pod = pod or {}
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "missing"
+    lines = log.splitlines() if isinstance(log, str) else list(log or [])
+    verdicts = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and "cause" in item:
+                verdicts.append(item)
+    if verdicts:
+        return {"finished": True, "phase": phase, "words": "", "verdicts": verdicts}
+    reasons = []
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        for kind in ("waiting", "terminated"):
+            if state.get(kind):
+                reason = state[kind].get("reason") or kind
+                reasons.append((reason, state[kind].get("message") or ""))
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("reason"):
+            reasons.append((condition["reason"], condition.get("message") or ""))
+    if not reasons and phase == "Pending" and not status.get("conditions"):
+        reasons.append(("NotScheduled", "no scheduler has placed the pod on a node"))
+    told = "; ".join(f"{reason}: {message}" if message else reason for reason, message in reasons) or "no reason given"
+    hints = [_HINTS[reason].format(image=image) for reason, _ in reasons if reason in _HINTS]
+    words = f"The probe pod did not print its verdicts within {timeout} s: {phase} ({told})."
+    if hints:
+        words += " So " + "; ".join(dict.fromkeys(hints)) + "."
+    if lines:
+        words += " Its log: " + " | ".join(lines[-5:])
+    return {"finished": False, "phase": phase, "words": words, "verdicts": []}
+
+
+def diagnose_verdict_words(item: list[Any] | tuple[Any, Any]) -> str:
+    """One line for a (pod outcome, verdict) pair: namespace / check (target): OK or the cause, what, fix."""
+    outcome, verdict = item
+    head = f"{outcome['namespace']} / {verdict['name']} ({verdict['target']}): "
+    if verdict["ok"]:
+        return head + "OK - " + verdict["summary"]
+    fix = f" Fix: {verdict['fix']}" if verdict.get("fix") else ""
+    return head + f"{verdict['cause']} - {verdict['summary']}{fix}"
+
+
+class FilterModule:
+    """mlopslab.platform diagnosis filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {"diagnose_pod_outcome": diagnose_pod_outcome, "diagnose_verdict_words": diagnose_verdict_words}
