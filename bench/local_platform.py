@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Run as a script: make the checkout importable (tests.support).
 sys.path.insert(0, str(ROOT))
 
+from runner.paths import local_home  # noqa: E402
 from tests.support.local_platform import platform_pids  # noqa: E402
 
 CLUSTER = "mlopslab_bench"
@@ -81,7 +82,7 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.running:
-        home = Path(os.environ.get("MLOPSLAB_HOME") or Path.home() / ".local" / "share" / "mlops-lab")
+        home = local_home()
         total, count = platform_memory(home, args.cluster)
         print(
             f"memory: {total / 1024**3:.2f} GiB RSS over {count} processes "

@@ -18,6 +18,7 @@ from typing import Any
 
 import ansible_runner
 
+from runner.paths import local_home
 from runner.results import COUNT_KEYS, Failure, StageRun, failure_message
 from runner.stages import Stage
 
@@ -38,10 +39,6 @@ class RunOptions:
     skip_tags: tuple[str, ...] = ()
 
 
-class Cancelled(Exception):
-    """The user interrupted a stage (Ctrl-C)."""
-
-
 def _cmdline(options: RunOptions) -> str | None:
     args: list[str] = []
     if options.check:
@@ -53,10 +50,12 @@ def _cmdline(options: RunOptions) -> str | None:
 
 def _envvars(project: Path) -> dict[str, str]:
     # ansible-playbook must come from the same environment as this interpreter, and the
-    # project's ansible.cfg must apply whatever the caller's working directory.
+    # project's ansible.cfg must apply whatever the caller's working directory. The local
+    # inventory reads the platform's home from MLOPSLAB_HOME, defined once in runner/paths.py.
     bin_dir = str(Path(sys.executable).parent)
     return {
         "ANSIBLE_CONFIG": str(project / "ansible.cfg"),
+        "MLOPSLAB_HOME": str(local_home()),
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",

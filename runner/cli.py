@@ -75,10 +75,8 @@ def _usage_error(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
-def _resolve_inventory(path: Path | None) -> Path:
+def _resolve_inventory(path: Path) -> Path:
     project = project_dir()
-    if path is None:
-        return project / "inventories" / "local"
     if path.exists():
         return path.resolve()
     if (project / path).exists():
@@ -372,7 +370,7 @@ def train(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run to its end.")] = True,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to follow the run.")] = 3600.0,
 ) -> None:
-    """Trigger the train_and_promote DAG with these params and follow it (the seed's train.sh)."""
+    """Trigger the train_and_promote DAG with these params and follow it to the gate's decision."""
     try:
         params = TrainParams(
             n_estimators=n_estimators,

@@ -31,7 +31,11 @@ def runs_dir() -> Path:
 
 
 def local_home() -> Path:
-    """The local platform's data, secrets and endpoints (inventories/local: mlopslab_local_home)."""
+    """The local platform's data, venvs, secrets and endpoints: the one definition of where they live.
+
+    MLOPSLAB_HOME overrides it. Every stage the runner starts gets it as MLOPSLAB_HOME, which is
+    where inventories/local reads mlopslab_local_home from.
+    """
     override = os.environ.get("MLOPSLAB_HOME")
     if override:
         return Path(override)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quality gates: yamllint, ansible-lint (production profile, no skip list), ruff, mypy strict,
-# and a syntax check of site.yml against both inventories.
+# the role READMEs' generated variable tables, and a syntax check of site.yml against both
+# inventories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -10,6 +11,7 @@ step "yamllint"; yamllint --strict .
 step "ansible-lint"; ansible-lint --offline -q
 step "ruff"; ruff check .; ruff format --check .
 step "mypy"; mypy
+step "role READMEs (python scripts/role_docs.py rewrites them)"; python scripts/role_docs.py --check
 for inv in lab local; do
   step "syntax-check site.yml -i inventories/$inv"
   ansible-playbook --syntax-check site.yml -i "inventories/$inv" >/dev/null

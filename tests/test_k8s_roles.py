@@ -1,7 +1,10 @@
-"""Anatomy of the Kubernetes-layer roles: defaults, argument specs and READMEs agree; secrets are
-required, have no default and never leave a task without no_log; role defaults hold no lab data;
-kubernetes.core.helm and kubernetes.core.k8s are each called from one task file; helm_binary
-finds, checks or installs helm inside its version window."""
+"""The Kubernetes-layer roles: k8s_secrets keeps its secrets out of logs and diffs;
+kubernetes.core.helm and kubernetes.core.k8s are each called from one task file; the release
+roles hold only their values and preflight; helm_binary finds, checks or installs helm inside
+its version window; k8s_log_volume renders each kind. The anatomy rules every role follows
+(secrets required and no_log, generated READMEs, phase files, no lab data in defaults) are in
+tests/test_role_anatomy.py; the inventories' wiring of required variables in
+tests/test_inventory_wiring.py."""
 
 from __future__ import annotations
 
@@ -31,24 +34,6 @@ K8S_ROLES = [
 ]
 RELEASE_ROLES = ["ingress_nginx_release", "mlflow_release", "airflow_release", "serving_release"]
 COLLECTION = ROLES_DIR.parent
-# What the seed lab's inventory holds and a role's defaults must not (docs/development.md).
-LAB_DATA = [
-    "192.168.",
-    "airflow_db",
-    "mlflow_db",
-    "ap-northeast-2",
-    "iris_classifier",
-    "iris-serving",
-    "/mnt/nfs_share",
-    "mlops-training",
-    "mlops-serving",
-    "mlflow-artifacts",
-    "keonho",
-    "airflow.local",
-    "mlflow.local",
-    "fastapi.local",
-    "localhost/",
-]
 SECRETS = {
     "k8s_secrets": {
         "k8s_secrets_aws_access_key_id",
@@ -74,40 +59,6 @@ def _options(role: str) -> dict[str, dict[str, Any]]:
     spec = _load(ROLES_DIR / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
     assert isinstance(spec, dict)
     return spec
-
-
-@pytest.mark.parametrize("role", K8S_ROLES)
-def test_secrets_are_required_without_default_and_no_log(role: str) -> None:
-    """The key sets and defaults themselves are checked for every role by tests/test_argument_specs.py."""
-    defaults = _load(ROLES_DIR / role / "defaults" / "main.yml") or {}
-    options = _options(role)
-    secrets = SECRETS.get(role, set())
-    assert not secrets & set(defaults), "a secret has a default"
-    for name in secrets:
-        assert options[name].get("required") is True
-        assert "default" not in options[name]
-        assert options[name].get("no_log") is True
-
-
-@pytest.mark.parametrize("role", K8S_ROLES)
-def test_readme_documents_every_variable(role: str) -> None:
-    readme = (ROLES_DIR / role / "README.md").read_text()
-    for name in _options(role):
-        assert f"`{name}`" in readme, f"{name} missing from {role}/README.md"
-
-
-@pytest.mark.parametrize("role", K8S_ROLES)
-def test_main_only_includes_tagged_phase_files(role: str) -> None:
-    tasks = _load(ROLES_DIR / role / "tasks" / "main.yml")
-    phases = {"preflight", "install", "configure", "service"}
-    for task in tasks:
-        if "ansible.builtin.set_fact" in task:  # helm_binary publishes its result
-            continue
-        include = task["ansible.builtin.include_tasks"]
-        phase = include["file"].removesuffix(".yml")
-        assert phase in phases
-        assert task["tags"] == [role, f"{role}_{phase}"]
-        assert include["apply"]["tags"] == [role, f"{role}_{phase}"]
 
 
 def test_every_task_touching_a_secret_has_no_log() -> None:
@@ -182,30 +133,6 @@ def test_release_roles_hold_only_their_values_and_preflight(role: str) -> None:
         "extra_values",
     ):
         assert f"{role}_{generic}" not in _options(role), f"{role}_{generic} belongs to helm_release"
-
-
-@pytest.mark.parametrize("role", K8S_ROLES)
-def test_role_defaults_hold_no_lab_data(role: str) -> None:
-    def strings(value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [s for v in value.values() for s in strings(v)]
-        if isinstance(value, list):
-            return [s for v in value for s in strings(v)]
-        return [str(value)]
-
-    values = strings(_load(ROLES_DIR / role / "defaults" / "main.yml") or {})
-    assert [(marker, v) for v in values for marker in LAB_DATA if marker in v] == []
-
-
-def test_lab_inventory_wires_every_required_variable_of_the_cluster_roles() -> None:
-    wired = set(_load(REPO_ROOT / "inventories" / "lab" / "group_vars" / "k8s_control" / "main.yml"))
-    passed_by_playbook = {"serving_release_chart_path"}
-    internal = {"helm_release", "k8s_manifests"}  # their required options are passed by the calling roles
-    for role in K8S_ROLES:
-        if role in internal:
-            continue
-        required = {n for n, o in _options(role).items() if o.get("required") and "default" not in o}
-        assert required - wired - passed_by_playbook == set(), role
 
 
 # --- helm_binary, with stand-in helm executables (no download: get.helm.sh is unreachable here)

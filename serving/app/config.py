@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     model_name: str = Field(default="iris_classifier", min_length=1)
     model_alias: str = Field(default="champion", min_length=1)
     # Overrides name/alias: models:/NAME@ALIAS, models:/NAME/VERSION, models:/NAME/STAGE
-    # (deprecated, seed compatibility) or any URI mlflow.pyfunc.load_model accepts (loaded once).
+    # (deprecated by MLflow, still accepted) or any URI mlflow.pyfunc.load_model accepts (loaded once).
     model_uri: str | None = None
     poll_interval_seconds: float = Field(default=10.0, gt=0)
     reload_token: SecretStr = SecretStr("change-me")

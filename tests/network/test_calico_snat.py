@@ -310,7 +310,7 @@ def test_snat_also_fixes_a_vm_that_cannot_answer_pod_addresses(seed_network: See
         diag = playbook(net, tmp_path, "--tags", "calico_vm_access_diagnose")
         assert diag.rc == 0, diag.out
         assert f"but traffic from the pod address {NODE_POD_SIDE} does not (no answer within 3 s" in diag.text, diag.out
-        assert "the symptom of the seed lab" in diag.text, diag.out
+        assert "the VM drops pod-sourced traffic" in diag.text, diag.out
         assert "Apply the SNAT fix" in diag.text, diag.out
 
         applied = playbook(net, tmp_path)

@@ -1,4 +1,7 @@
-"""calico_vm_access without root: role anatomy, the iptables filter and the Calico pool patches."""
+"""calico_vm_access without root: the iptables filter and the Calico pool patches.
+
+Its anatomy (defaults, argument specs, README) is checked by tests/test_role_anatomy.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION = REPO / "collections/ansible_collections/mlopslab/platform"
@@ -32,15 +34,6 @@ def rule(dest: str) -> str:
     return f'-A POSTROUTING -s 10.244.0.0/16 -d {dest}/32 -m comment --comment "{MARK}" -j MASQUERADE'
 
 
-def test_defaults_and_argument_specs_have_the_same_variables() -> None:
-    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
-    options = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
-    assert set(defaults) == set(options)
-    for name, spec in options.items():
-        assert spec.get("default") == defaults[name], name
-        assert spec.get("description"), name
-    readme = (ROLE / "README.md").read_text()
-    assert [name for name in defaults if f"`{name}`" not in readme] == []
 
 
 def test_marked_rules_are_parsed_from_iptables_s_output() -> None:

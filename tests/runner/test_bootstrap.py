@@ -24,12 +24,13 @@ def _statuses(project: LabProject) -> dict[str, str]:
 def test_stages_run_in_order_and_empty_groups_are_skipped(project: LabProject) -> None:
     result = project.run("bootstrap", "-i", str(project.inventory))
     assert result.rc == 0, result.output
-    # network (k8s_nodes) and cluster (k8s_control) have no hosts in this inventory
+    # network (k8s_nodes), images and cluster (k8s_control) have no hosts in this inventory
     assert project.order() == ["preflight", "hosts", "platform", "smoke"]
     assert _statuses(project) == {
         "preflight": "successful",
         "hosts": "successful",
         "network": "skipped",
+        "images": "skipped",
         "cluster": "skipped",
         "images": "skipped",
         "platform": "successful",

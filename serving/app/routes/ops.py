@@ -82,7 +82,7 @@ async def get_model_info(state: StateDep) -> ModelInfo:
 
 @router.get("/model-info", response_model=ModelInfo, tags=["info"], deprecated=True)
 async def get_model_info_seed(state: StateDep) -> ModelInfo:
-    """The seed's name for GET /model."""
+    """GET /model under its former name (deprecated)."""
     return model_info(state.store)
 
 

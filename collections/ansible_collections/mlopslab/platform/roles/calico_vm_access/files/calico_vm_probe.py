@@ -101,7 +101,7 @@ def verdict(target: str, node: dict[str, str], pod: dict[str, str] | None, masqu
             )
         return False, (
             f"The node reaches {target}, but pods reach it with their pod address (or IPIP-encapsulated, which "
-            f"the VM of the seed lab dropped). {rule} {snat_hint}"
+            f"a VM without a route back to the pod CIDR drops). {rule} {snat_hint}"
         )
     src = pod["source"]
     if pod.get("tcp") != "ok":
@@ -112,7 +112,7 @@ def verdict(target: str, node: dict[str, str], pod: dict[str, str] | None, masqu
         )
         return False, (
             f"The node reaches {target}, but traffic from the pod address {src} does not "
-            f"({pod.get('tcp_message')}): the symptom of the seed lab. {rule} {advice}"
+            f"({pod.get('tcp_message')}): the VM drops pod-sourced traffic. {rule} {advice}"
         )
     if pod.get("pg") == "rejected":
         advice = (
