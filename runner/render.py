@@ -4,7 +4,8 @@ No second renderer: the stages' own playbooks run (through runner/ansible.py, li
 the collection's two apply paths in render-only mode. ``k8s_manifests`` writes each manifest
 instead of applying it and ``helm_release`` writes each release's values file and a description of
 how it is installed and watched, instead of calling Helm. ``helm_binary`` is skipped (nothing
-runs helm), and so is ``dag_repository`` (it reads the DAG repository over SSH: nothing to render),
+runs helm), and so are ``dag_repository`` (it reads the DAG repository over SSH: nothing to render)
+and ``first_champion`` (a Job whose work is a training run against the live registry),
 so no cluster, no helm and no network are needed.
 
 No secret either: every option the collection's argument specs mark ``no_log`` is passed as
@@ -29,7 +30,7 @@ from runner.stages import STAGES, Stage
 
 RENDER_STAGES: tuple[Stage, ...] = tuple(stage for stage in STAGES if stage.name in ("cluster", "platform"))
 RENDER_GROUP = "k8s_control"
-SKIP_TAGS: tuple[str, ...] = ("helm_binary", "dag_repository")
+SKIP_TAGS: tuple[str, ...] = ("helm_binary", "dag_repository", "first_champion")
 PLACEHOLDER = "PLACEHOLDER({name})"
 
 README = """\

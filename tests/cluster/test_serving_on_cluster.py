@@ -5,14 +5,17 @@ host, the control node local), a generated vault, and MLflow running on the harn
 address (which pods reach, as the lab's pods reach the MLflow Service):
 
 - ``playbooks/cluster.yml --tags k8s_namespaces,k8s_secrets`` makes the namespaces and Secrets;
-- ``playbooks/images.yml`` builds the serving image on the control node and loads it into the
-  node's containerd over ssh (the registry-less path), so kubelet runs it without a registry;
-- ``playbooks/platform.yml --tags serving_release`` installs charts/serving through the release
-  path (helm_release, the release watch), with the lab's values;
+- ``playbooks/images.yml`` builds the serving and Airflow images on the control node and loads
+  them into the node's containerd over ssh (the registry-less path), so kubelet runs them without
+  a registry;
+- ``playbooks/platform.yml --tags serving_release,first_champion`` installs charts/serving through
+  the release path (helm_release, the release watch), with the lab's values, on an **empty
+  registry**; then the first_champion Job (the Airflow image, ``via: direct`` here since the
+  harness runs no Airflow) trains, gates and promotes the first champion and notifies serving;
 - both replicas load the champion and become Ready; the seed's request through the Service gets a
   prediction with its version in a header; a new champion reached by one replica (POST /reload
   through the Service) is served by every replica (GET /replicas) with no failed request under
-  load; a second run of the platform playbook changes nothing.
+  load; a second run of the platform playbook changes nothing (the Job says "kept").
 """
 
 from __future__ import annotations
@@ -89,6 +92,18 @@ def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factor
         "mlopslab_kubeconfig": str(kube_cluster.kubeconfig),
         # Where this harness differs from the lab: MLflow runs on the host.
         "serving_release_mlflow_tracking_uri": mlflow_on_host.url,
+        # No Airflow on the harness: the first champion trains in the Job's pod, with the
+        # environment the DAG's task pods get in the lab.
+        "first_champion_via": "direct",
+        "first_champion_train_args": ["--n-estimators", "20"],
+        "first_champion_env": [
+            {"name": "MLFLOW_TRACKING_URI", "value": mlflow_on_host.url},
+            {"name": "MLOPSLAB_SERVING_URL", "value": f"http://{RELEASE}.{SERVING_NS}.svc.cluster.local"},
+            {
+                "name": "MLOPSLAB_SERVING_RELOAD_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "airflow-serving-reload-token", "key": "token"}},
+            },
+        ],
         "container_images_base_image": python_base(),
         "container_images_work_dir": str(cache_root() / "container-images"),
         "container_images_node_become": False,
@@ -96,10 +111,10 @@ def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factor
     extra = work / "overrides.json"
     extra.write_text(json.dumps(overrides))
     extra.chmod(0o600)
-    # The images stage delivers only the image this test runs (the others are built and tested
-    # by tests/images; the platform play still computes every reference from the checkout).
-    (work / "serving-only.json").write_text(
-        json.dumps({"container_images_definitions": [d for d in every_image if d["name"] == "serving"]})
+    # The images stage delivers the images this test runs (the others are built and tested by
+    # tests/images; the platform play still computes every reference from the checkout).
+    (work / "images.json").write_text(
+        json.dumps({"container_images_definitions": [d for d in every_image if d["name"] in ("serving", "airflow")]})
     )
 
     def run(playbook: str, *flags: str) -> dict[str, dict[str, int]]:
@@ -162,18 +177,23 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, lab: Any
 ) -> None:
     run, vault, lab_dir = lab
-    first = register_iris_model(mlflow_on_host.url, MODEL, n_estimators=20)
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(mlflow_on_host.url)
+    assert registry.search_registered_models() == [], "the test starts from an empty registry"
 
     assert run("cluster.yml", "--tags", "k8s_namespaces,k8s_secrets")["control"]["failed"] == 0
-    images = run("images.yml", "-e", f"@{Path(lab_dir) / 'serving-only.json'}")
+    images = run("images.yml", "-e", f"@{Path(lab_dir) / 'images.json'}")
     assert images["control"]["failed"] == 0
     node_images = kube_cluster.ssh("ctr -n k8s.io images ls -q").stdout.split()
     serving_ref = next((ref for ref in node_images if "/mlops-lab/serving:" in ref), "")
     assert serving_ref, f"the serving image is not in the node's containerd: {node_images}"
 
     started = time.monotonic()
-    platform = run("platform.yml", "--tags", "serving_release")
+    platform = run("platform.yml", "--tags", "serving_release,first_champion")
     assert platform["control"]["failed"] == 0
+    first = registry.get_model_version_by_alias(MODEL, "champion")
+    assert first.version == "1", "the first_champion Job trained and promoted version 1"
     kube_cluster.kubectl(
         "-n", SERVING_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=600s", timeout=620
     )  # fmt: skip
@@ -182,6 +202,8 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     running = [p for p in pods if p["status"].get("phase") == "Running"]
     assert len(running) == 2, [p["metadata"]["name"] for p in pods]
     assert {c["image"] for p in running for c in p["spec"]["containers"]} == {serving_ref}
+    job_log = kube_cluster.kubectl("-n", NAMESPACES[0], "logs", "job/first-champion").stdout
+    assert '"decision": "promoted"' in job_log, job_log[-3000:]
 
     base = _service_url(kube_cluster)
     with httpx.Client(base_url=base, timeout=10) as http:
@@ -235,4 +257,4 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     )
 
     # The release path is idempotent on a converged cluster.
-    assert run("platform.yml", "--tags", "serving_release")["control"]["changed"] == 0
+    assert run("platform.yml", "--tags", "serving_release,first_champion")["control"]["changed"] == 0

@@ -34,8 +34,6 @@ def rule(dest: str) -> str:
     return f'-A POSTROUTING -s 10.244.0.0/16 -d {dest}/32 -m comment --comment "{MARK}" -j MASQUERADE'
 
 
-
-
 def test_marked_rules_are_parsed_from_iptables_s_output() -> None:
     output = "\n".join(
         [

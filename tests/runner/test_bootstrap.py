@@ -30,7 +30,6 @@ def test_stages_run_in_order_and_empty_groups_are_skipped(project: LabProject) -
         "preflight": "successful",
         "hosts": "successful",
         "network": "skipped",
-        "images": "skipped",
         "cluster": "skipped",
         "images": "skipped",
         "platform": "successful",

@@ -2,7 +2,9 @@
 
 The connectivity_diagnosis role starts one short-lived pod per namespace; this filter turns what
 the API says about it (the Pod object and its log) into the verdicts and, when the pod never got
-to print them, into words that name the reason (image, missing Secret, scheduling).
+to print them, into words that name the reason (image, missing Secret, scheduling). The
+first_champion role reads its training Job's pods with the same words (job_pods_state says when
+to stop waiting).
 """
 
 from __future__ import annotations
@@ -72,8 +74,33 @@ def diagnose_verdict_words(item: list[Any] | tuple[Any, Any]) -> str:
     return head + f"{verdict['cause']} - {verdict['summary']}{fix}"
 
 
+def job_pods_state(
+    pods: list[dict[str, Any]] | None, attempts: int, final_exit_codes: list[int], stuck_reasons: list[str]
+) -> str:
+    """Where the pods of a Job stand: ``succeeded`` (one did), ``failed`` (one exited with a code a
+    retry cannot change, or all ``attempts`` failed), ``stuck`` (a container waits for a reason that
+    does not heal by itself: image, missing Secret) or ``running``. Used to stop waiting as soon as
+    the answer is known, instead of at the Job's deadline."""
+    pods = pods or []
+    phases = [(pod.get("status") or {}).get("phase") for pod in pods]
+    if "Succeeded" in phases:
+        return "succeeded"
+    containers = [c for pod in pods for c in (pod.get("status") or {}).get("containerStatuses") or []]
+    codes = {((c.get("state") or {}).get("terminated") or {}).get("exitCode") for c in containers}
+    if codes & set(final_exit_codes) or phases.count("Failed") >= attempts:
+        return "failed"
+    waiting = {((c.get("state") or {}).get("waiting") or {}).get("reason") for c in containers}
+    if waiting & set(stuck_reasons):
+        return "stuck"
+    return "running"
+
+
 class FilterModule:
     """mlopslab.platform diagnosis filters."""
 
     def filters(self) -> dict[str, Any]:
-        return {"diagnose_pod_outcome": diagnose_pod_outcome, "diagnose_verdict_words": diagnose_verdict_words}
+        return {
+            "diagnose_pod_outcome": diagnose_pod_outcome,
+            "diagnose_verdict_words": diagnose_verdict_words,
+            "job_pods_state": job_pods_state,
+        }

@@ -1,0 +1,39 @@
+"""mlopslab.platform.job_pods_state: when the first_champion role stops waiting for its Job's pods
+(the pod documents are the ones kubelet writes; the role itself runs on the real cluster in
+tests/cluster/test_serving_on_cluster.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.collection import plugin
+
+state = plugin("filter", "diagnosis").job_pods_state
+FINAL, STUCK = [2, 3], ["ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"]
+
+
+def pod(phase: str, **container_state: Any) -> dict[str, Any]:
+    return {"status": {"phase": phase, "containerStatuses": [{"name": "train", "state": container_state}]}}
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        ([], "running"),  # the Job has not made its pod yet
+        ([pod("Pending", waiting={"reason": "ContainerCreating"})], "running"),
+        ([pod("Running", running={})], "running"),
+        ([pod("Succeeded", terminated={"exitCode": 0})], "succeeded"),
+        # a crash is retried; the retry's success counts
+        ([pod("Failed", terminated={"exitCode": 1}), pod("Succeeded", terminated={"exitCode": 0})], "succeeded"),
+        ([pod("Failed", terminated={"exitCode": 1}), pod("Running", running={})], "running"),
+        ([pod("Failed", terminated={"exitCode": 1})] * 3, "failed"),  # every attempt used
+        ([pod("Failed", terminated={"exitCode": 3})], "failed"),  # the gate said no: no retry helps
+        ([pod("Failed", terminated={"exitCode": 2})], "failed"),  # bad configuration
+        ([pod("Pending", waiting={"reason": "ImagePullBackOff"})], "stuck"),
+        ([pod("Pending", waiting={"reason": "CreateContainerConfigError"})], "stuck"),
+    ],
+)
+def test_job_pods_state(pods: list[dict[str, Any]], expected: str) -> None:
+    assert state(pods, 3, FINAL, STUCK) == expected
