@@ -215,8 +215,11 @@ class WebhookResult(BaseModel):
 class _InvocationsBase(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    params: dict[str, Any] | None = Field(
-        default=None, description="Inference parameters (models with a params schema)"
+    # Any JSON value, as MLflow's scoring server takes it: a model without a params schema
+    # ignores them (with a warning), one with a schema validates them (400 when they do not fit).
+    params: Any = Field(
+        default=None,
+        description="Inference parameters: validated against the model's params schema; ignored without one",
     )
 
 

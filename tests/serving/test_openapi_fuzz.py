@@ -21,7 +21,8 @@ import pytest
 from tests.support.mlflow_server import MlflowServer, RegisteredIris
 from tests.support.serving_app import TOKEN, UvicornServer
 
-pytestmark = [pytest.mark.mlflow, pytest.mark.timeout(600)]
+# Bounded by examples, not by time: a time budget tests fewer operations on a slower machine.
+pytestmark = [pytest.mark.mlflow, pytest.mark.timeout(900)]
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
@@ -48,9 +49,9 @@ def test_schemathesis_finds_no_server_error(
         result = subprocess.run(
             [str(schemathesis), "run", f"{server.url}/openapi.json", "--checks", CHECKS,
              "--max-examples", "30", "--phases", "examples,coverage,fuzzing", "--workers", "1",
-             "--max-time", "90", "--request-timeout", "10", "--seed", "6",
+             "--request-timeout", "10", "--seed", "6",
              "--header", f"Authorization: Bearer {TOKEN}"],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            capture_output=True, text=True, timeout=540, cwd=tmp_path,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         spec = httpx.get(f"{server.url}/openapi.json").json()
