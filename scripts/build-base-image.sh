@@ -69,6 +69,10 @@ if [ "$mode" = conf ]; then
   echo "$CONF"
   exit 0
 fi
+# Test streams run side by side (scripts/test.sh): one builds or imports, the others wait for it.
+mkdir -p "$CACHE/images"
+exec 9>"$CACHE/images/.build.lock"
+flock 9
 
 for tool in podman debootstrap runc; do
   command -v "$tool" >/dev/null || die "$tool is missing: run scripts/setup-host.sh (scripts/apt-packages.txt)"

@@ -29,6 +29,9 @@ started=$SECONDS
 eval "$(scripts/build-base-image.sh --env)"
 log "debian base ready ($((SECONDS - started)) s)"
 
+# Side-by-side callers (test streams) build the Python base once: the others wait for it.
+exec 9>"$CACHE/images/.python-base.lock"
+flock 9
 base_id=$(podman image inspect --format '{{.Id}}' "$DEBIAN_IMAGE")
 digest=$(cat images/python-base/Dockerfile <(echo "$base_id") | sha256sum | cut -c1-12)
 python_base="$PYTHON_REPO:bookworm-$digest"
@@ -43,6 +46,7 @@ fi
 podman images --format '{{.Repository}}:{{.Tag}}' --filter "reference=$PYTHON_REPO" \
   | grep -vxF "$python_base" | xargs -r podman untag >/dev/null 2>&1 || true
 
+exec 9>&-
 if [ "${1:-}" = --base ]; then
   echo "$python_base"
   exit 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: lint gates, then every pytest suite (Molecule scenarios, the
-# kube-apiserver, real-cluster, network-namespace, MLflow, Airflow and end-to-end tests included).
+# The README's test command: the lint gates and every pytest suite (Molecule scenarios, the
+# real-cluster, network-namespace, MLflow, Airflow and end-to-end tests included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A full run starts the real cluster's build (scripts/build-k8s.sh and build-cluster-images.sh: the
@@ -11,6 +11,22 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && [ -z "${MLOPSLAB_NO_BACKGROUND_BUIL
   mkdir -p .artifacts
   (bash scripts/build-k8s.sh && bash scripts/build-cluster-images.sh) >.artifacts/cluster-build.log 2>&1 &
 fi
-bash scripts/lint.sh
+# The lint gates run beside the tests (their output follows the tests' summary; a failed gate fails
+# the run), and the tests run in parallel streams (pytest-xdist, --dist loadgroup): the cluster
+# tests in one, each other directory of tests a unit of the others (tests/conftest.py says why).
+# A fresh 2-core machine is mostly waiting on processes, pods and servers, not computing.
+# MLOPSLAB_TEST_WORKERS=0 runs everything in one process.
+mkdir -p .artifacts
+bash scripts/lint.sh >.artifacts/lint.log 2>&1 &
+lint_pid=$!
+rc=0
 # The slowest tests are listed at the end of every run (where the time of a fresh machine goes).
-exec .venv/bin/python -m pytest --durations=25 "$@"
+.venv/bin/python -m pytest -n "${MLOPSLAB_TEST_WORKERS:-3}" --dist loadgroup --durations=40 "$@" || rc=$?
+lint_rc=0
+wait "$lint_pid" || lint_rc=$?
+cat .artifacts/lint.log
+if [ "$lint_rc" -ne 0 ]; then
+  printf '\033[1;31m[lint]\033[0m a gate failed (above; log: .artifacts/lint.log)\n' >&2
+  [ "$rc" -ne 0 ] || rc=$lint_rc
+fi
+exit "$rc"

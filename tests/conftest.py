@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +16,29 @@ from tests.support.mlflow_server import mlflow_server, mlflow_tracking_uri, uniq
 __all__ = ["kube_cluster", "lab_vms", "mlflow_server", "mlflow_tracking_uri", "unique_model_name"]
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests on the real cluster run last: scripts/test.sh builds the cluster's binaries and images in
+    """Order the tests and give each its stream (pytest-xdist's ``--dist loadgroup``, which
+    scripts/test.sh uses).
+
+    Tests on the real cluster run last: scripts/test.sh builds the cluster's binaries and images in
     the background meanwhile (cold, that is the slowest step of a fresh machine), and the session
-    fixture then only waits for the build's lock. The sort is stable: the order is otherwise kept."""
+    fixture then only waits for the build's lock. The sort is stable: the order is otherwise kept.
+
+    Streams: one machine has one cluster (tests/support/kube_cluster.py), so every cluster test runs
+    in one worker, with the image tests, whose session builds the images the cluster test loads.
+    Every other directory of tests (a top-level module on its own) is one unit, so that a
+    directory's session fixtures (a Molecule base, an Airflow venv, a seed network) start once."""
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_stream(item)))
+
+
+def _stream(item: pytest.Item) -> str:
+    rel = item.path.relative_to(Path(__file__).parent)
+    if item.get_closest_marker("cluster") is not None or rel.parts[0] == "images":
+        return "cluster"
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
 @pytest.fixture(autouse=True)
