@@ -12,7 +12,7 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && [ -z "${MLOPSLAB_NO_BACKGROUND_BUIL
   (bash scripts/build-k8s.sh && bash scripts/build-cluster-images.sh) >.artifacts/cluster-build.log 2>&1 &
 fi
 # The lint gates run beside the tests (their output follows the tests' summary; a failed gate fails
-# the run), and the tests run in parallel streams (pytest-xdist, --dist loadgroup): the cluster
+# the run), and the tests run in parallel streams (pytest-xdist): the cluster
 # tests in one, each other directory of tests a unit of the others (tests/conftest.py says why).
 # A fresh 2-core machine is mostly waiting on processes, pods and servers, not computing.
 # MLOPSLAB_TEST_WORKERS=0 runs everything in one process.
@@ -21,7 +21,7 @@ bash scripts/lint.sh >.artifacts/lint.log 2>&1 &
 lint_pid=$!
 rc=0
 # The slowest tests are listed at the end of every run (where the time of a fresh machine goes).
-.venv/bin/python -m pytest -n "${MLOPSLAB_TEST_WORKERS:-3}" --dist loadgroup --durations=40 "$@" || rc=$?
+.venv/bin/python -m pytest -n "${MLOPSLAB_TEST_WORKERS:-3}" --durations=40 "$@" || rc=$?
 lint_rc=0
 wait "$lint_pid" || lint_rc=$?
 cat .artifacts/lint.log

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,29 +18,48 @@ from tests.support.mlflow_server import mlflow_server, mlflow_tracking_uri, uniq
 __all__ = ["kube_cluster", "lab_vms", "mlflow_server", "mlflow_tracking_uri", "unique_model_name"]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the tests and give each its stream (pytest-xdist's ``--dist loadgroup``, which
-    scripts/test.sh uses).
-
-    Tests on the real cluster run last: scripts/test.sh builds the cluster's binaries and images in
-    the background meanwhile (cold, that is the slowest step of a fresh machine), and the session
-    fixture then only waits for the build's lock. The sort is stable: the order is otherwise kept.
-
-    Streams: one machine has one cluster (tests/support/kube_cluster.py), so every cluster test runs
-    in one worker, with the image tests, whose session builds the images the cluster test loads.
-    Every other directory of tests (a top-level module on its own) is one unit, so that a
-    directory's session fixtures (a Molecule base, an Airflow venv, a seed network) start once."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_stream(item)))
+# Test streams (scripts/test.sh runs `pytest -n 3`). One machine has one cluster
+# (tests/support/kube_cluster.py), so every file with a `cluster` test is in one stream, with the
+# image tests, whose session builds the images the cluster test loads. Every other directory of
+# tests (a top-level module on its own) is one unit, so that a directory's session fixtures (a
+# Molecule base, an Airflow venv, a seed network) start once. The longest streams start first.
+TESTS = Path(__file__).parent
+FIRST = ("cluster", "e2e", "molecule")
 
 
-def _stream(item: pytest.Item) -> str:
-    rel = item.path.relative_to(Path(__file__).parent)
-    if item.get_closest_marker("cluster") is not None or rel.parts[0] == "images":
+@functools.cache
+def stream_of(path: str) -> str:
+    """The stream of a test file, from its path relative to the repository (a node id's file part)."""
+    parts = Path(path).relative_to("tests").parts
+    if parts[0] in ("cluster", "images") or "mark.cluster" in (TESTS.parent / path).read_text():
         return "cluster"
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+    return parts[0] if len(parts) > 1 else Path(path).stem
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest streams first; in the cluster's stream, the tests on the cluster last:
+    scripts/test.sh builds the cluster's binaries and images in the background meanwhile (cold, the
+    slowest step of a fresh machine), and the session fixture then only waits for the build's lock.
+    The sort is stable: the order is otherwise kept."""
+
+    def key(item: pytest.Item) -> tuple[int, bool]:
+        stream = stream_of(item.nodeid.split("::", 1)[0])
+        return (FIRST.index(stream) if stream in FIRST else len(FIRST), item.get_closest_marker("cluster") is not None)
+
+    items.sort(key=key)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist hands out whole streams (a worker runs a stream's tests in order, in one
+    session), in the order of the collection."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StreamScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return stream_of(nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return StreamScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

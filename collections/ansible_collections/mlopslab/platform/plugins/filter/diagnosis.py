@@ -3,8 +3,8 @@
 The connectivity_diagnosis role starts one short-lived pod per namespace; this filter turns what
 the API says about it (the Pod object and its log) into the verdicts and, when the pod never got
 to print them, into words that name the reason (image, missing Secret, scheduling). The
-first_champion role reads its training Job's pods with the same words (job_pods_state says when
-to stop waiting).
+first_champion role reads its training Job's pods with the same words; pods_state says, for both,
+when to stop waiting.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ _HINTS = {
     "(k8s_secrets) first",
     "Unschedulable": "no node can take the pod",
 }
+# Reasons a container waits with that no waiting cures (a pod that is only Unschedulable may yet be
+# scheduled): seeing one, the roles stop waiting and say why.
+STUCK_REASONS = frozenset(
+    {"CreateContainerConfigError", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
+)
 
 
 def diagnose_pod_outcome(pod: dict[str, Any] | None, log: list[str] | str, timeout: int, image: str) -> dict[str, Any]:
@@ -74,23 +79,21 @@ def diagnose_verdict_words(item: list[Any] | tuple[Any, Any]) -> str:
     return head + f"{verdict['cause']} - {verdict['summary']}{fix}"
 
 
-def job_pods_state(
-    pods: list[dict[str, Any]] | None, attempts: int, final_exit_codes: list[int], stuck_reasons: list[str]
-) -> str:
-    """Where the pods of a Job stand: ``succeeded`` (one did), ``failed`` (one exited with a code a
-    retry cannot change, or all ``attempts`` failed), ``stuck`` (a container waits for a reason that
-    does not heal by itself: image, missing Secret) or ``running``. Used to stop waiting as soon as
-    the answer is known, instead of at the Job's deadline."""
+def pods_state(pods: list[dict[str, Any]] | None, attempts: int = 1, final_exit_codes: list[int] | None = None) -> str:
+    """Where a Job's pods (or one pod, ``attempts`` 1) stand: ``succeeded`` (one did), ``failed`` (one
+    exited with a code a retry cannot change, or all ``attempts`` failed), ``stuck`` (a container
+    waits for a reason in STUCK_REASONS: image, missing Secret) or ``running``. Used to stop waiting
+    as soon as the answer is known, instead of at the deadline."""
     pods = pods or []
     phases = [(pod.get("status") or {}).get("phase") for pod in pods]
     if "Succeeded" in phases:
         return "succeeded"
     containers = [c for pod in pods for c in (pod.get("status") or {}).get("containerStatuses") or []]
     codes = {((c.get("state") or {}).get("terminated") or {}).get("exitCode") for c in containers}
-    if codes & set(final_exit_codes) or phases.count("Failed") >= attempts:
+    if codes & set(final_exit_codes or []) or phases.count("Failed") >= attempts:
         return "failed"
     waiting = {((c.get("state") or {}).get("waiting") or {}).get("reason") for c in containers}
-    if waiting & set(stuck_reasons):
+    if waiting & STUCK_REASONS:
         return "stuck"
     return "running"
 
@@ -102,5 +105,5 @@ class FilterModule:
         return {
             "diagnose_pod_outcome": diagnose_pod_outcome,
             "diagnose_verdict_words": diagnose_verdict_words,
-            "job_pods_state": job_pods_state,
+            "pods_state": pods_state,
         }

@@ -1,6 +1,7 @@
-"""mlopslab.platform.job_pods_state: when the first_champion role stops waiting for its Job's pods
-(the pod documents are the ones kubelet writes; the role itself runs on the real cluster in
-tests/cluster/test_serving_on_cluster.py)."""
+"""mlopslab.platform.pods_state: when the first_champion role stops waiting for its Job's pods, and
+connectivity_diagnosis for its probe pod (the pod documents are the ones kubelet writes; the roles
+themselves run on the real cluster in tests/cluster/test_serving_on_cluster.py and
+tests/runner/test_diagnose.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 
 from tests.support.collection import plugin
 
-state = plugin("filter", "diagnosis").job_pods_state
-FINAL, STUCK = [2, 3], ["ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"]
+state = plugin("filter", "diagnosis").pods_state
+FINAL = [2, 3]
 
 
 def pod(phase: str, **container_state: Any) -> dict[str, Any]:
@@ -36,4 +37,18 @@ def pod(phase: str, **container_state: Any) -> dict[str, Any]:
     ],
 )
 def test_job_pods_state(pods: list[dict[str, Any]], expected: str) -> None:
-    assert state(pods, 3, FINAL, STUCK) == expected
+    assert state(pods, 3, FINAL) == expected
+
+
+@pytest.mark.parametrize(
+    ("pod_", "expected"),
+    [
+        (pod("Pending", waiting={"reason": "ContainerCreating"}), "running"),
+        (pod("Failed", terminated={"exitCode": 1}), "failed"),  # one pod, one attempt
+        (pod("Succeeded", terminated={"exitCode": 0}), "succeeded"),
+        (pod("Pending", waiting={"reason": "ErrImageNeverPull"}), "stuck"),
+        (pod("Pending", waiting={"reason": "InvalidImageName"}), "stuck"),
+    ],
+)
+def test_one_pod_state(pod_: dict[str, Any], expected: str) -> None:
+    assert state([pod_]) == expected
