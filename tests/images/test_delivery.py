@@ -21,6 +21,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -227,7 +228,10 @@ class Containerd:
 def containerd(tmp_path: Path) -> Iterator[Containerd]:
     work = tmp_path / "containerd"
     work.mkdir()
-    socket = work / "containerd.sock"
+    # A unix socket path has at most 107 bytes, and a test's tmp_path under a pytest-xdist worker is
+    # long: the sockets live in a short directory of their own.
+    sockets = Path(tempfile.mkdtemp(prefix="mlopslab-ctr-"))
+    socket = sockets / "containerd.sock"
     (work / "config.toml").write_text(
         "version = 2\n"
         f'root = "{work / "root"}"\nstate = "{work / "state"}"\n'
@@ -252,6 +256,7 @@ def containerd(tmp_path: Path) -> Iterator[Containerd]:
             proc.kill()
             proc.wait(timeout=10)
         subprocess.run(["umount", "-R", str(work / "root")], capture_output=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def _load_vars(built: BuiltImages, node: Containerd, work: Path, **extra: Any) -> dict[str, Any]:
