@@ -14,7 +14,7 @@ fi
 # The lint gates run beside the tests (their output follows the tests' summary; a failed gate fails
 # the run), and the tests run in parallel streams (pytest-xdist): the cluster
 # tests in one, each other directory of tests a unit of the others (tests/conftest.py says why).
-# A fresh 2-core machine is mostly waiting on processes, pods and servers, not computing.
+# One stream leaves the cores idle while it waits on processes, pods and servers; three keep both busy.
 # MLOPSLAB_TEST_WORKERS=0 runs everything in one process.
 mkdir -p .artifacts
 bash scripts/lint.sh >.artifacts/lint.log 2>&1 &
