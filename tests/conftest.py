@@ -27,9 +27,13 @@ TESTS = Path(__file__).parent
 FIRST = ("cluster", "e2e", "molecule")
 
 
+def stream_of(nodeid: str) -> str:
+    """The stream of a test, from its node id (its file's path relative to the repository first)."""
+    return _file_stream(nodeid.split("::", 1)[0])
+
+
 @functools.cache
-def stream_of(path: str) -> str:
-    """The stream of a test file, from its path relative to the repository (a node id's file part)."""
+def _file_stream(path: str) -> str:
     parts = Path(path).relative_to("tests").parts
     if parts[0] in ("cluster", "images") or "mark.cluster" in (TESTS.parent / path).read_text():
         return "cluster"
@@ -43,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The sort is stable: the order is otherwise kept."""
 
     def key(item: pytest.Item) -> tuple[int, bool]:
-        stream = stream_of(item.nodeid.split("::", 1)[0])
+        stream = stream_of(item.nodeid)
         return (FIRST.index(stream) if stream in FIRST else len(FIRST), item.get_closest_marker("cluster") is not None)
 
     items.sort(key=key)
@@ -56,7 +60,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class StreamScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return stream_of(nodeid.split("::", 1)[0])
+            return stream_of(nodeid)
 
     config.option.loadscopereorder = False
     return StreamScheduling(config, log)

@@ -22,11 +22,9 @@ _HINTS = {
     "(k8s_secrets) first",
     "Unschedulable": "no node can take the pod",
 }
-# Reasons a container waits with that no waiting cures (a pod that is only Unschedulable may yet be
-# scheduled): seeing one, the roles stop waiting and say why.
-STUCK_REASONS = frozenset(
-    {"CreateContainerConfigError", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
-)
+# Reasons a container waits with that no waiting cures: every hinted reason but Unschedulable (a pod
+# that is only unschedulable may yet be scheduled). Seeing one, the roles stop waiting and say why.
+STUCK_REASONS = frozenset(_HINTS) - {"Unschedulable"}
 
 
 def diagnose_pod_outcome(pod: dict[str, Any] | None, log: list[str] | str, timeout: int, image: str) -> dict[str, Any]:
