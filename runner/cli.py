@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runner.ansible import RunOptions, run_stage
@@ -39,10 +40,12 @@ from runner.results import StageRun
 from runner.stages import STAGE_NAMES, Stage, StageSelectionError, select_stages
 from runner.summary import RunSummary, read_last_summary, write_summary
 from runner.train import PasswordTokenAuth, TrainError, TrainParams, auth_from_env, trigger_training
+from runner.train_job import follow_job, job_name, kube_client
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DOWN_STAGE = Stage("down", "playbooks/down.yml", ("local_platform",), "stop the local services (data is kept)")
+TRAIN_STAGE = Stage("train", "playbooks/train.yml", ("k8s_control",), "start a training Job in the cluster")
 DIAGNOSE_STAGE = Stage(
     "diagnose",
     "playbooks/diagnose.yml",
@@ -369,8 +372,20 @@ def train(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run to its end.")] = True,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to follow the run.")] = 3600.0,
+    via: Annotated[
+        str,
+        typer.Option(
+            "--via", help="airflow: the train_and_promote DAG; job: a Kubernetes Job in the inventory's cluster."
+        ),
+    ] = "airflow",
+    inventory: Annotated[
+        Path | None, typer.Option("-i", "--inventory", help="With --via job: the cluster's inventory (default: lab).")
+    ] = None,
+    vault_password_file: VaultOption = None,
+    verbose: VerboseOption = 0,
 ) -> None:
-    """Trigger the train_and_promote DAG with these params and follow it to the gate's decision."""
+    """Train, gate and promote with these params, followed to the gate's decision: through the
+    train_and_promote DAG, or (--via job) in a Kubernetes Job that runs the same pipeline."""
     try:
         params = TrainParams(
             n_estimators=n_estimators,
@@ -382,6 +397,12 @@ def train(
         )
     except ValueError as exc:
         raise _usage_error(str(exc)) from exc
+    if via not in ("airflow", "job"):
+        raise _usage_error(f"--via must be airflow or job, got {via!r}")
+    if via == "job":
+        path = _resolve_inventory(inventory or Path("inventories/lab"))
+        vault = vault_password_file.resolve() if vault_password_file else None
+        raise typer.Exit(_train_job(path, params, wait, timeout, vault, verbose))
     url = airflow_url or _local_airflow_url()
     if url is None:
         raise _usage_error("no Airflow URL: pass --airflow-url (or bring up the local platform first)")
@@ -393,6 +414,49 @@ def train(
     if outcome.result == "triggered":
         console.print(outcome.summary())
     raise typer.Exit(outcome.exit_code)
+
+
+def _train_job(path: Path, params: TrainParams, wait: bool, timeout: float, vault: Path | None, verbose: int) -> int:
+    """Start the run's Job (playbooks/train.yml), then follow it here (runner/train_job.py)."""
+    inv = _load(path, None)
+    controls = inv.hosts_of(TRAIN_STAGE.groups)
+    if not controls:
+        raise _usage_error(f"{path} has no k8s_control host: --via job runs a Job on a cluster")
+    name = job_name(params.run_name or "run")
+    options = RunOptions(
+        inventory=path,
+        vault_password_file=vault,
+        verbosity=verbose,
+        extravars={"mlopslab_train_job_name": name, "mlopslab_train_args": params.cli_args()},
+    )
+    started = _run([TRAIN_STAGE], inv, options, [])
+    if started != EXIT_OK:
+        return started
+    found = inventory_variables(
+        path,
+        controls[0],
+        ["mlopslab_kubeconfig", "mlopslab_kube_context", "first_champion_namespace", "first_champion_image"],
+        vault,
+    )
+    namespace = str(found.get("first_champion_namespace") or "")
+    console.print(f"Job [bold]{namespace}/{name}[/bold] started")
+    if not wait:
+        return EXIT_OK
+    try:
+        result = follow_job(
+            kube_client(found.get("mlopslab_kubeconfig"), found.get("mlopslab_kube_context")),
+            namespace,
+            name,
+            lambda line: console.print(escape(line), soft_wrap=True),  # a log line stays one line
+            image=str(found.get("first_champion_image") or ""),
+            timeout=timeout,
+        )
+    except KeyboardInterrupt:
+        console.print(f"\n[magenta]interrupted[/]: the Job runs on (kubectl -n {namespace} logs -f job/{name})")
+        return EXIT_INTERRUPTED
+    style = {0: "green", 3: "yellow"}.get(result.exit_code, "red")
+    console.print(f"[bold]{escape(params.run_name or name)}[/bold] [{style}]{escape(result.summary)}[/{style}]")
+    return result.exit_code
 
 
 def main() -> None:

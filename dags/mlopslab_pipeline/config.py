@@ -178,6 +178,16 @@ class TrainingParams:
             conf["run_name"] = self.run_name
         return conf
 
+    def cli_args(self) -> list[str]:
+        """The params as ``python -m mlopslab_pipeline train`` arguments (job.py), e.g. a Job's command."""
+        args = ["--n-estimators", str(self.n_estimators), "--dataset", self.dataset,
+                "--min-accuracy", repr(self.min_accuracy), "--tolerance", repr(self.tolerance)]  # fmt: skip
+        if self.max_depth is not None:
+            args += ["--max-depth", str(self.max_depth)]
+        if self.run_name:
+            args += ["--run-name", self.run_name]
+        return args
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainingParams:
         max_depth = params.get("max_depth")

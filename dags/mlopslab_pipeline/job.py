@@ -118,6 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def training_params(args: argparse.Namespace) -> TrainingParams:
+    """The params of ``train``'s parsed arguments (TrainingParams.cli_args is the other way)."""
+    return TrainingParams(
+        n_estimators=args.n_estimators,
+        max_depth=args.max_depth,
+        run_name=args.run_name,
+        dataset=args.dataset,
+        min_accuracy=args.min_accuracy,
+        tolerance=args.tolerance,
+    )
+
+
 def run_id_from(env: Mapping[str, str]) -> str:
     """MLOPSLAB_RUN_ID, else the pod name (stable across a Job's container restarts), else fresh."""
     return env.get("MLOPSLAB_RUN_ID") or env.get("HOSTNAME") or f"job-{secrets.token_hex(4)}"
@@ -220,14 +232,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     run_id = run_id_from(env)
     try:
-        params = TrainingParams(
-            n_estimators=args.n_estimators,
-            max_depth=args.max_depth,
-            run_name=args.run_name,
-            dataset=args.dataset,
-            min_accuracy=args.min_accuracy,
-            tolerance=args.tolerance,
-        )
+        params = training_params(args)
         kept = existing_champion(env) if args.if_no_champion else None
         if kept is not None:
             outcome = kept

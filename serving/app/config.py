@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     peer_port: int = Field(default=8000, ge=1, le=65535)
     peer_urls: str = ""
     peer_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A file whose appearance starts the drain (serving/app/drain.py): the chart's preStop hook
+    # creates it; unset, the server never drains.
+    drain_file: str | None = None
     # Directory shared by the workers of one replica (uvicorn --workers N); unset: one worker.
     workers_dir: str | None = None
     # Client-side limits for registry calls, applied unless MLFLOW_HTTP_REQUEST_* are set:

@@ -19,6 +19,7 @@ from .cluster import Cluster
 from .config import Settings, get_settings
 from .deps import ServingState
 from .docs import add_offline_docs
+from .drain import Drain, DrainMiddleware
 from .metrics import MetricsMiddleware, ServingMetrics
 from .model_store import ModelStore
 from .routes import invocations, ops, predict
@@ -111,10 +112,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.start()
         store.start()
         cluster.start()
+        drain.start()
         await store.wait_first_check(STARTUP_WAIT_SECONDS)
         try:
             yield
         finally:
+            await drain.stop()
             await cluster.stop()
             await store.stop()
             await batcher.stop()
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Created here so that a bad SERVING_MODEL_URI (or a deprecated stage) shows at start-up.
     store = ModelStore(settings, metrics)
+    drain = Drain(settings.drain_file)
     app.include_router(predict.router)
     app.include_router(invocations.router)
     app.include_router(ops.router)
@@ -146,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         known_paths=known,
         served_version=lambda: store.current.version if store.current else None,
     )
+    app.add_middleware(DrainMiddleware, drain=drain)
     return app
 
 

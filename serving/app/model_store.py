@@ -23,6 +23,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from . import heap
 from .config import Settings
 from .metrics import ServingMetrics
 
@@ -532,6 +533,7 @@ class ModelStore:
             )
             return CheckResult("load_failed", serving, resolved.version, message)
         self.current = loaded  # the atomic swap
+        asyncio.get_running_loop().call_later(heap.SETTLE_DELAY_SECONDS, heap.settle)
         self.last_error = None
         self.swaps += 1
         self.last_swap_at = loaded.loaded_at

@@ -13,9 +13,14 @@ address (which pods reach, as the lab's pods reach the MLflow Service):
   registry**; then the first_champion Job (the Airflow image, ``via: direct`` here since the
   harness runs no Airflow) trains, gates and promotes the first champion and notifies serving;
 - both replicas load the champion and become Ready; the seed's request through the Service gets a
-  prediction with its version in a header; a new champion reached by one replica (POST /reload
-  through the Service) is served by every replica (GET /replicas) with no failed request under
-  load; a second run of the platform playbook changes nothing (the Job says "kept").
+  prediction with its version in a header;
+- under load through the Service (kube-proxy), with no failed request: a new champion reached by
+  one replica (POST /reload) is served by every replica (GET /replicas); `python -m runner train
+  --via job` runs two experiments at once as Jobs in the training namespace (logs followed, exit
+  codes 0 and 3 from the gate's decisions), and the promoted one is served by every replica; a
+  rolling restart with the PodDisruptionBudget in force, a Helm upgrade and `helm rollback` each
+  replace the pods;
+- a second run of the platform playbook changes nothing (the Job says "kept").
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +117,10 @@ def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factor
     extra = work / "overrides.json"
     extra.write_text(json.dumps(overrides))
     extra.chmod(0o600)
+    # `python -m runner train` takes no extra vars: the control node's host_vars carry the same.
+    (inventory / "host_vars").mkdir()
+    (inventory / "host_vars" / "control.json").write_text(json.dumps(overrides))
+    (inventory / "host_vars" / "control.json").chmod(0o600)
     # The images stage delivers the images this test runs (the others are built and tested by
     # tests/images; the platform play still computes every reference from the checkout).
     (work / "images.json").write_text(
@@ -149,7 +159,20 @@ def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factor
             assert value not in output, f"a vault value appeared in the output of {playbook}"
         return recap(output)
 
-    yield run, vault, work
+    def train(run_name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m runner train --via job` on this inventory; the output is checked for vault values."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "train", "--via", "job", "-i", str(inventory), "--run-name", run_name,
+             *args],
+            cwd=REPO, env={**kube_cluster.env(), "MLOPSLAB_STATE_DIR": str(work / "state")},
+            capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+        (work / f"train-{run_name}.log").write_text(proc.stdout + proc.stderr)
+        for value in vault.values():
+            assert value not in proc.stdout + proc.stderr, "a vault value appeared in runner train's output"
+        return proc
+
+    yield run, vault, work, train
     for ns in NAMESPACES:
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -173,10 +196,58 @@ def _wait(what: str, condition: Any, timeout: float) -> Any:
     raise AssertionError(f"{what}: not within {timeout} s (last: {last})")
 
 
+def _agreed_on(http: httpx.Client, version: str) -> dict[str, Any] | None:
+    view = http.get("/replicas").json()
+    return view if view["agreed"] and view["version"] == version else None
+
+
+def _run(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, f"{' '.join(argv[:3])} failed:\n{proc.stderr}{proc.stdout}"
+    return proc.stdout
+
+
+class Load:
+    """The seed's request through the Service from four threads until the block ends."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.ok = 0
+        self.failed = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(4)]
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post("/predict", json=SEED_REQUEST)
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as error:
+                    r = None
+                    self.failures.append(repr(error))
+                if r is not None and r.status_code == 200:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
 def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, lab: Any
 ) -> None:
-    run, vault, lab_dir = lab
+    run, vault, lab_dir, runner_train = lab
     from mlflow import MlflowClient
 
     registry = MlflowClient(mlflow_on_host.url)
@@ -206,54 +277,65 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     assert '"decision": "promoted"' in job_log, job_log[-3000:]
 
     base = _service_url(kube_cluster)
-    with httpx.Client(base_url=base, timeout=10) as http:
+    helm = [str(kube_cluster.bin_dir / "helm"), f"--kubeconfig={kube_cluster.kubeconfig}", "-n", SERVING_NS]
+
+    def rolled_out() -> None:
+        kube_cluster.kubectl(
+            "-n", SERVING_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=300s", timeout=320
+        )  # fmt: skip
+
+    with httpx.Client(base_url=base, timeout=10) as http, Load(base) as load:
         response = http.post("/predict", json=SEED_REQUEST)
         assert response.status_code == 200, response.text
         assert response.headers["X-Model-Version"] == first.version
         view = _wait("both replicas on version 1", lambda: http.get("/replicas").json(), 60)
         assert (view["agreed"], view["version"]) == (True, first.version), view
 
-        # A new champion; the reload reaches one replica through the Service, its peers follow.
+        # Alias move 2: the reload reaches one replica through the Service, its peers follow.
         second = register_iris_model(mlflow_on_host.url, MODEL, n_estimators=20, random_state=7)
-        counts = {"ok": 0, "failed": 0}
-        failures: list[str] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            with httpx.Client(base_url=base, timeout=10) as client:
-                while not stop.is_set():
-                    try:
-                        r = client.post("/predict", json=SEED_REQUEST)
-                        ok = r.status_code == 200
-                        if not ok:
-                            failures.append(f"{r.status_code} {r.text[:200]}")
-                    except httpx.HTTPError as error:
-                        ok = False
-                        failures.append(repr(error))
-                    counts["ok" if ok else "failed"] += 1
-
-        workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        time.sleep(2)
         token = vault["vault_serving_reload_token"]
         reloaded = http.post("/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120)
         assert reloaded.status_code == 200, reloaded.text
-        swapped = _wait(
-            "every replica on version 2",
-            lambda: (v := http.get("/replicas").json())["agreed"] and v["version"] == second.version and v,
-            60,
-        )
+        swapped = _wait("every replica on version 2", lambda: _agreed_on(http, second.version), 60)
+
+        # Alias move 3, and a run the gate rejects, at once: `runner train --via job`, two Jobs in
+        # the training namespace running the pipeline; the promoted one tells serving itself.
+        with ThreadPoolExecutor(2) as pool:
+            # (tolerance 0.5: the held-out accuracy beside version 2's may differ by a sample or two)
+            good = pool.submit(runner_train, "exp-1", "--n-estimators", "20", "--tolerance", "0.5")
+            weak = pool.submit(runner_train, "exp-weak", "--n-estimators", "1", "--max-depth", "1")
+        promoted, rejected = good.result(), weak.result()
+        assert promoted.returncode == 0, promoted.stdout[-3000:]
+        assert "promoted: version" in promoted.stdout, promoted.stdout[-3000:]
+        assert "log follows" in promoted.stdout  # the pod's log, as it came
+        assert rejected.returncode == 3, rejected.stdout[-3000:]
+        assert "rejected: version" in rejected.stdout, rejected.stdout[-3000:]
+        third = registry.get_model_version_by_alias(MODEL, "champion")
+        assert third.version not in (first.version, second.version)
+        assert registry.get_run(str(third.run_id)).info.run_name == "exp-1"
+        _wait("every replica on the trained version", lambda: _agreed_on(http, third.version), 60)
+
+        # A rolling restart with the PDB in force, then a Helm upgrade and its rollback: pods are
+        # replaced three times while the load runs.
+        pdb = kube_cluster.kubectl("-n", SERVING_NS, "get", "pdb", RELEASE, "-o", "jsonpath={.spec.minAvailable}")
+        assert pdb.stdout, "the release has a PodDisruptionBudget"
+        kube_cluster.kubectl("-n", SERVING_NS, "rollout", "restart", f"deployment/{RELEASE}")
+        rolled_out()
+        revision = int(json.loads(_run(*helm, "history", RELEASE, "-o", "json"))[-1]["revision"])
+        _run(*helm, "upgrade", RELEASE, str(REPO / "charts/serving"), "--reuse-values", "--wait", "--timeout=5m",
+             "--set-string", "podAnnotations.mlops-lab/test=upgraded")  # fmt: skip
+        _run(*helm, "rollback", RELEASE, str(revision), "--wait", "--timeout=5m")
+        values = json.loads(_run(*helm, "get", "values", RELEASE, "-o", "json"))
+        assert "mlops-lab/test" not in (values.get("podAnnotations") or {}), values.get("podAnnotations")
+        rolled_out()
+        _wait("every replica on the trained version", lambda: _agreed_on(http, third.version), 60)
         time.sleep(2)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
-        assert counts["failed"] == 0, failures[:5]
-        assert counts["ok"] > 50, counts
-        assert http.post("/predict", json=SEED_REQUEST).headers["X-Model-Version"] == second.version
+    assert load.failed == 0, load.failures[:5]
+    assert load.ok > 200, load.ok
     print(
-        f"serving on the cluster: Ready {ready_after:.0f} s after install; swap under load: "
-        f"{counts['ok']} requests, 0 failed; replicas {swapped}"
+        f"serving on the cluster: Ready {ready_after:.0f} s after install; under load: {load.ok} requests, "
+        f"0 failed, over alias moves to v{second.version} (reload) and v{third.version} (runner train --via job), "
+        f"a rolling restart, a helm upgrade and its rollback; replicas {swapped}"
     )
 
     # The release path is idempotent on a converged cluster.

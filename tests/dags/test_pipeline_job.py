@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from mlopslab_pipeline.job import parse_outcome
+from mlopslab_pipeline.config import TrainingParams
+from mlopslab_pipeline.job import _parser, parse_outcome, training_params
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 
@@ -32,6 +33,20 @@ def _run(tracking_uri: str, model: str, *args: str, run_id: str | None = None) -
         timeout=600,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        TrainingParams(),
+        TrainingParams(
+            n_estimators=200, max_depth=20, run_name="exp-1", dataset="wine", min_accuracy=0.8, tolerance=0.1
+        ),
+    ],
+)
+def test_params_become_the_jobs_arguments_and_back(params: TrainingParams) -> None:
+    """`python -m runner train --via job` hands the run's params to the pod as arguments."""
+    assert training_params(_parser().parse_args(["train", *params.cli_args()])) == params
 
 
 @pytest.mark.mlflow

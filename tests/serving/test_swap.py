@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from collections.abc import Callable
 
 import mlflow
@@ -13,6 +15,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
+from serving.app import heap
 from tests.support.mlflow_server import RegisteredIris, free_port, register_iris_model, use_tracking_uri
 from tests.support.serving_app import TOKEN, metric_value, wait_for
 
@@ -70,6 +73,43 @@ def test_moving_the_alias_swaps_within_a_poll_interval(
         assert metric_value(metrics, "serving_model_version") == 2
         assert f'serving_model_info{{name="{champion.name}",run_id="{second.run_id}",version="2"}} 1.0' in metrics
         assert 'version="1"' not in metrics.split("serving_model_info")[-1].split("\n# ")[0]
+
+
+def test_after_a_swap_the_old_model_is_freed_and_the_heap_frozen(
+    make_app: Callable[..., FastAPI], champion: RegisteredIris, mlflow_tracking_uri: str
+) -> None:
+    """serving/app/heap.py: the heap alive after a swap leaves the collector's walks (the latency
+    tail), and freezing it never keeps a swapped-out model (or anything only it held) alive."""
+    with TestClient(make_app()) as client:
+        store = client.app.state.serving.store  # type: ignore[attr-defined]
+        first = weakref.ref(store.current)
+        wait_for(lambda: gc.get_freeze_count() > 0, heap.SETTLE_DELAY_SECONDS + 10, "the heap to be frozen")
+        register_iris_model(mlflow_tracking_uri, champion.name, random_state=2)
+        assert client.post("/reload", headers=AUTH).json()["outcome"] == "swapped"
+        wait_for(lambda: first() is None, heap.SETTLE_DELAY_SECONDS + 10, "the old model to be collected")
+        assert served_version(client) == "2"
+        assert gc.get_freeze_count() > 0
+
+
+def test_settling_frees_the_cycles_an_earlier_freeze_kept() -> None:
+    """Frozen objects are skipped by every collection: a model that was alive at one freeze and is
+    cyclic garbage by the next must go at that next one, or each swap would leak the old model."""
+
+    class Node:
+        pass
+
+    node = Node()
+    node.self = node  # type: ignore[attr-defined]
+    alive = weakref.ref(node)
+    try:
+        heap.settle()
+        del node
+        gc.collect()
+        assert alive() is not None, "a frozen cycle is not collected"
+        heap.settle()
+        assert alive() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_reload_needs_the_token_and_swaps_at_once(

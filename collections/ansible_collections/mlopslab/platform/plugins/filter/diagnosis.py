@@ -27,8 +27,15 @@ _HINTS = {
 STUCK_REASONS = frozenset(_HINTS) - {"Unschedulable"}
 
 
-def diagnose_pod_outcome(pod: dict[str, Any] | None, log: list[str] | str, timeout: int, image: str) -> dict[str, Any]:
-    """``{"finished", "phase", "words", "verdicts"}`` of a probe pod."""
+def diagnose_pod_outcome(
+    pod: dict[str, Any] | None,
+    log: list[str] | str,
+    timeout: int,
+    image: str,
+    what: str = "The probe pod did not print its verdicts",
+) -> dict[str, Any]:
+    """``{"finished", "phase", "words", "verdicts"}`` of a probe pod (``what`` opens the words of a
+    pod that gave none: the training Job's pods are read with it too)."""
     pod = pod or {}
     status = pod.get("status") or {}
     phase = status.get("phase") or "missing"
@@ -59,7 +66,7 @@ def diagnose_pod_outcome(pod: dict[str, Any] | None, log: list[str] | str, timeo
         reasons.append(("NotScheduled", "no scheduler has placed the pod on a node"))
     told = "; ".join(f"{reason}: {message}" if message else reason for reason, message in reasons) or "no reason given"
     hints = [_HINTS[reason].format(image=image) for reason, _ in reasons if reason in _HINTS]
-    words = f"The probe pod did not print its verdicts within {timeout} s: {phase} ({told})."
+    words = f"{what} within {timeout} s: {phase} ({told})."
     if hints:
         words += " So " + "; ".join(dict.fromkeys(hints)) + "."
     if lines:
