@@ -68,6 +68,9 @@ class LabProject:
                 **os.environ,
                 "MLOPSLAB_PROJECT_DIR": str(self.root),
                 "MLOPSLAB_STATE_DIR": str(self.state),
+                # the project's own platform home: a local platform of this machine's user
+                # (its endpoints.json) must not answer `status` here
+                "MLOPSLAB_HOME": str(self.state / "home"),
                 **(env or {}),
             },
             capture_output=True,
