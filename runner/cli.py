@@ -435,7 +435,7 @@ def _train_job(path: Path, params: TrainParams, wait: bool, timeout: float, vaul
     found = inventory_variables(
         path,
         controls[0],
-        ["mlopslab_kubeconfig", "mlopslab_kube_context", "first_champion_namespace", "first_champion_image"],
+        ["mlopslab_kubeconfig", "mlopslab_kube_context", "first_champion_namespace"],
         vault,
     )
     namespace = str(found.get("first_champion_namespace") or "")
@@ -448,7 +448,6 @@ def _train_job(path: Path, params: TrainParams, wait: bool, timeout: float, vaul
             namespace,
             name,
             lambda line: console.print(escape(line), soft_wrap=True),  # a log line stays one line
-            image=str(found.get("first_champion_image") or ""),
             timeout=timeout,
         )
     except KeyboardInterrupt:

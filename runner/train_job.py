@@ -86,6 +86,12 @@ def _job_finished(job: dict[str, Any]) -> str | None:
     return None
 
 
+def _image_of(job: dict[str, Any]) -> str:
+    """The image the Job's pods run (named when the nodes cannot get it)."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [{}]
+    return str(containers[0].get("image") or "")
+
+
 def summary_of(outcome: dict[str, Any]) -> str:
     decision = outcome.get("decision", "failed")
     version = f"version {outcome['version']}" if outcome.get("version") else "no version"
@@ -99,7 +105,6 @@ def follow_job(
     name: str,
     say: Callable[[str], None],
     *,
-    image: str = "",
     timeout: float = 3600.0,
     poll_interval: float = 2.0,
 ) -> JobResult:
@@ -114,6 +119,7 @@ def follow_job(
     deadline = time.monotonic() + timeout
     while True:
         job = api_client.sanitize_for_serialization(batch.read_namespaced_job(name, namespace))
+        image = _image_of(job)
         items = core.list_namespaced_pod(namespace, label_selector=selector).items
         pods = sorted(
             (api_client.sanitize_for_serialization(item) for item in items),
