@@ -45,7 +45,7 @@ def job_name(run_name: str, suffix: str | None = None) -> str:
 
 @cache
 def _diagnosis() -> ModuleType:
-    """The collection's diagnosis filters (STUCK_REASONS, diagnose_pod_outcome), loaded from their file."""
+    """The collection's diagnosis filters (pods_state, diagnose_pod_outcome), loaded from their file."""
     spec = importlib.util.spec_from_file_location("mlopslab_diagnosis", project_dir() / DIAGNOSIS)
     assert spec is not None
     assert spec.loader is not None
@@ -58,7 +58,6 @@ def _diagnosis() -> ModuleType:
 class JobResult:
     exit_code: int
     summary: str
-    outcome: dict[str, Any] | None = None
 
 
 def _started(pod: dict[str, Any]) -> bool:
@@ -139,13 +138,13 @@ def follow_job(
                     say(line)
                 followed.add(pod_name)
                 continue
-            stuck = _waiting_reasons(pod) & _diagnosis().STUCK_REASONS
-            if stuck:
+            if _diagnosis().pods_state([pod]) == "stuck":  # the roles' own rule (STUCK_REASONS)
                 what = f"The Job's pod {pod_name} did not start"
                 words = _diagnosis().diagnose_pod_outcome(pod, [], int(timeout), image, what)["words"]
                 return JobResult(EXIT_FAILED, f"failed: {words}")
             phase = (pod.get("status") or {}).get("phase") or "Pending"
-            state = f"{phase} ({', '.join(sorted(_waiting_reasons(pod)))})" if _waiting_reasons(pod) else phase
+            reasons = _waiting_reasons(pod)
+            state = f"{phase} ({', '.join(sorted(reasons))})" if reasons else phase
             if told.get(pod_name) != state:
                 told[pod_name] = state
                 say(f"pod {pod_name}: {state}")
@@ -166,7 +165,7 @@ def follow_job(
         exit_code = Outcome(**outcome).exit_code
     except TypeError:
         exit_code = EXIT_FAILED
-    return JobResult(exit_code, summary_of(outcome), outcome)
+    return JobResult(exit_code, summary_of(outcome))
 
 
 def kube_client(kubeconfig: str | None, context: str | None) -> Any:

@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from tests.support.images import podman_env, python_base
 from tests.support.k8s_layer import recap
 from tests.support.kube_cluster import KubeCluster, cache_root
 from tests.support.mlflow_server import MlflowServer, register_iris_model, start_mlflow_server
+from tests.support.serving_app import PredictLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mlflow, pytest.mark.images, pytest.mark.timeout(2400)]
 
@@ -207,43 +207,6 @@ def _run(*argv: str) -> str:
     return proc.stdout
 
 
-class Load:
-    """The seed's request through the Service from four threads until the block ends."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.ok = 0
-        self.failed = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(4)]
-
-    def _loop(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post("/predict", json=SEED_REQUEST)
-                    if r.status_code != 200:
-                        self.failures.append(f"{r.status_code} {r.text[:200]}")
-                except httpx.HTTPError as error:
-                    r = None
-                    self.failures.append(repr(error))
-                if r is not None and r.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failed += 1
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-
 def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, lab: Any
 ) -> None:
@@ -284,7 +247,7 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
             "-n", SERVING_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=300s", timeout=320
         )  # fmt: skip
 
-    with httpx.Client(base_url=base, timeout=10) as http, Load(base) as load:
+    with httpx.Client(base_url=base, timeout=10) as http, PredictLoad(base, SEED_REQUEST, timeout=10) as load:
         response = http.post("/predict", json=SEED_REQUEST)
         assert response.status_code == 200, response.text
         assert response.headers["X-Model-Version"] == first.version

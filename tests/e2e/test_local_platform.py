@@ -34,6 +34,7 @@ from rich.console import Console
 
 from runner.train import PasswordTokenAuth, TrainParams, trigger_training
 from tests.support import local_platform
+from tests.support.serving_app import PredictLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -359,36 +360,6 @@ def wait_all_up(platform: Platform, timeout: float = 300) -> dict[str, dict[str,
         time.sleep(5)
 
 
-class Load:
-    """Steady /predict requests from a few threads; counts outcomes."""
-
-    def __init__(self, platform: Platform, threads: int = 4) -> None:
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._url = platform.url("serving")
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self._url, timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.post("/predict", json={"features": FEATURES})
-                    self.outcomes[str(response.status_code)] += 1
-                except httpx.HTTPError as exc:
-                    self.outcomes[type(exc).__name__] += 1
-                time.sleep(0.01)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-
 def supervisorctl(platform: Platform, *args: str) -> None:
     supervisor = platform.home / "supervisor"
     subprocess.run(
@@ -409,7 +380,7 @@ def test_status_says_what_each_component_can_do(platform: Platform) -> None:
 
 def test_postgresql_down_is_told_serving_keeps_answering_and_all_recover(platform: Platform) -> None:
     wait_all_up(platform)
-    with Load(platform) as load:
+    with PredictLoad(platform.url("serving"), {"features": FEATURES}, pause=0.01) as load:
         stopped = time.monotonic()
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", "-m", "fast", PG_VERSION, CLUSTER, "stop"],
@@ -442,7 +413,7 @@ def test_postgresql_down_is_told_serving_keeps_answering_and_all_recover(platfor
 
 def test_mlflow_down_is_told_serving_keeps_answering_and_recovers(platform: Platform) -> None:
     wait_all_up(platform)
-    with Load(platform) as load:
+    with PredictLoad(platform.url("serving"), {"features": FEATURES}, pause=0.01) as load:
         supervisorctl(platform, "stop", "mlflow-server")
         try:
             rc, components = status(platform)

@@ -5,6 +5,8 @@ UvicornServer(env, log_path, workers=1, host="127.0.0.1"): `python -m uvicorn se
     .url, .wait_ready(timeout), .stop().
 wait_for(predicate, timeout, what): poll until true or fail naming `what`.
 metric_value(prometheus_text, name): an unlabelled sample's value.
+PredictLoad(url, body, threads=4, pause=0.0): `with` it, POST /predict from threads until the block
+    ends; .outcomes (status code or exception name -> count), .ok, .failed, .failures (words).
 TOKEN: a reload token that production settings accept.
 """
 
@@ -14,7 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +37,51 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class PredictLoad:
+    """Steady POST /predict requests from a few threads while the ``with`` block runs."""
+
+    def __init__(
+        self, url: str, body: dict[str, object], threads: int = 4, pause: float = 0.0, timeout: float = 30.0
+    ) -> None:
+        self.outcomes: Counter[str] = Counter()  # "200", "503", "ReadError", ...
+        self.failures: list[str] = []  # what each failed request got, in words
+        self._url, self._body, self._pause, self._timeout = url, body, pause, timeout
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes["200"]
+
+    @property
+    def failed(self) -> int:
+        return self.outcomes.total() - self.ok
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=self._timeout) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json=self._body)
+                    self.outcomes[str(response.status_code)] += 1
+                    if response.status_code != 200:
+                        self.failures.append(f"{response.status_code} {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.outcomes[type(exc).__name__] += 1
+                    self.failures.append(repr(exc))
+                if self._pause:
+                    time.sleep(self._pause)
+
+    def __enter__(self) -> PredictLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
 
 
 def metric_value(text: str, name: str) -> float:
