@@ -33,10 +33,12 @@ fi
 PY=${PYTHON:-python3}
 stamp_src=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.mlopslab-stamp 2>/dev/null)" != "$stamp_src" ]; then
-  log "creating .venv (pip wheels are cached in ~/.cache/pip)"
+  log "creating .venv (uv keeps the wheels in ~/.cache/uv)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip setuptools wheel
-  .venv/bin/pip install -q -e '.[dev,serving,mlflow]'
+  # uv installs the project (about 4 min with pip on a fresh machine, under 1 with uv); it is
+  # one of the project's dependencies, so the venvs the platform builds use it as well.
+  .venv/bin/pip install -q --disable-pip-version-check 'uv>=0.9'
+  .venv/bin/uv pip install -q --python .venv/bin/python -e '.[dev,serving,mlflow]'
   echo "$stamp_src" > .venv/.mlopslab-stamp
 else
   log ".venv: up to date"

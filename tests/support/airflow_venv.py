@@ -4,8 +4,8 @@ Airflow cannot live in the project's .venv (its pins fight with ansible and mole
 tests run Airflow in its own venv at
 ``${MLOPSLAB_CACHE:-$HOME/.cache/mlops-lab}/venvs/airflow-<hash>``, where the hash covers the
 requirement list and the Python version: editing dags/requirements.txt builds a new venv, an
-unchanged list reuses the old one. A cold build takes about a minute (pip keeps its wheels in
-~/.cache/pip, so later builds are faster); a warm lookup is instant.
+unchanged list reuses the old one. A cold build takes about 10 s with uv (100 s with pip), and uv
+keeps its wheels in ~/.cache/uv for later builds; a warm lookup is instant.
 
 ``python -m tests.support.airflow_venv`` builds it if needed and prints its python.
 """
@@ -60,9 +60,13 @@ def ensure_airflow_venv() -> Path:
         if target.exists():  # an interrupted build: start over
             shutil.rmtree(target)
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
-        pip = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
-        subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, *reqs], check=True)
+        # The installer the platform's own venvs use (venv_install): uv beside this interpreter.
+        uv = Path(sys.executable).with_name("uv")
+        if uv.exists():
+            subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *reqs], check=True)
+        else:
+            pip = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
+            subprocess.run([*pip, *reqs], check=True)
         (target / _COMPLETE_MARKER).write_text("\n".join(reqs) + "\n")
     return python
 

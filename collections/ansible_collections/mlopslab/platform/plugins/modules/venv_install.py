@@ -13,14 +13,23 @@ Only when something is missing or at a version outside its specifier does it run
 same requirements, so drift is still repaired: a package removed or replaced by hand, even deep
 in the dependency tree, makes the next run install again. What it cannot judge (a direct URL, an
 option line in a requirements file, no ``packaging`` library) is handed to pip.
+
+The install itself runs uv when it is at hand (beside the interpreter running this module, as in
+the project's .venv, or on the PATH): Airflow's venv took 103 s with pip and 9 s with uv from
+empty caches on 2 cores; pip is the fallback. uv does not read pip's configuration, so the index
+settings pip would use (index-url, extra-index-url, find-links, no-index and cert, from pip.conf
+files and PIP_* variables, in pip's order) are handed to uv as its own options.
 """
 
 from __future__ import annotations
 
+import configparser
 import glob
 import importlib.metadata
 import os
 import re
+import shutil
+import sys
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -50,6 +59,13 @@ options:
   requirements_file:
     description: A requirements file (pip's format) installed as well.
     type: path
+  installer:
+    description:
+      - What installs when something is missing. C(auto) is uv when it is beside the module's interpreter
+        or on the PATH (with pip's index settings passed on), pip otherwise.
+    type: str
+    choices: [auto, uv, pip]
+    default: auto
 """
 
 RETURN = r"""
@@ -58,6 +74,10 @@ unsatisfied:
   type: list
   elements: str
   returned: always
+installer:
+  description: The installer that ran (C(uv) or C(pip)); absent when nothing needed installing.
+  type: str
+  returned: when something was installed
 """
 
 _OPTION_LINE = re.compile(r"^\s*-")
@@ -159,6 +179,79 @@ def unsatisfied(venv: str, packages: list[str], requirements_file: str | None) -
     return problems
 
 
+_PIP_LIST_KEYS = {"extra-index-url": "--extra-index-url", "find-links": "--find-links"}
+
+
+def pip_index_settings(venv: str) -> dict[str, list[str]]:
+    """pip's index settings, read as pip does: config files in its order, PIP_* variables last."""
+    home = os.path.expanduser("~")
+    files = [
+        "/etc/xdg/pip/pip.conf",
+        "/etc/pip.conf",
+        os.path.join(home, ".pip", "pip.conf"),
+        os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "pip", "pip.conf"),
+        os.environ.get("PIP_CONFIG_FILE", ""),
+        os.path.join(venv, "pip.conf"),
+    ]
+    settings: dict[str, list[str]] = {}
+    for path in filter(os.path.isfile, files):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except configparser.Error:
+            continue
+        for section in ("global", "install"):
+            if parser.has_section(section):
+                for key in ("index-url", "no-index", "cert", *_PIP_LIST_KEYS):
+                    if parser.has_option(section, key):
+                        settings[key] = parser.get(section, key).split()
+    for key in ("index-url", "no-index", "cert", *_PIP_LIST_KEYS):
+        value = os.environ.get("PIP_" + key.upper().replace("-", "_"))
+        if value:
+            settings[key] = value.split()
+    return settings
+
+
+def uv_options(settings: dict[str, list[str]]) -> tuple[list[str], dict[str, str]]:
+    """The same index settings as uv's command-line options and environment."""
+    options: list[str] = []
+    if settings.get("index-url"):
+        options += ["--index-url", settings["index-url"][0]]
+    for key, flag in _PIP_LIST_KEYS.items():
+        for value in settings.get(key, []):
+            options += [flag, value]
+    if (settings.get("no-index") or ["no"])[0].lower() in ("1", "yes", "true", "on"):
+        options.append("--no-index")
+    env = {"SSL_CERT_FILE": settings["cert"][0]} if settings.get("cert") else {}
+    return options, env
+
+
+def find_uv() -> str | None:
+    """uv beside the interpreter running this module (the project's .venv), else on the PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "uv")
+    return beside if os.access(beside, os.X_OK) else shutil.which("uv")
+
+
+def install_argv(
+    installer: str, venv: str, packages: list[str], requirements_file: str | None
+) -> tuple[str, list[str], dict[str, str]]:
+    """Which installer runs, its argv and the environment it needs beyond the task's."""
+    python = os.path.join(venv, "bin", "python")
+    uv = find_uv() if installer in ("auto", "uv") else None
+    requirements = ["-r", requirements_file] if requirements_file else []
+    if uv:
+        options, env = uv_options(pip_index_settings(venv))
+        return "uv", [uv, "pip", "install", "--python", python, *options, *packages, *requirements], env
+    return "pip", [python, "-m", "pip", "install", "--disable-pip-version-check", *packages, *requirements], {}
+
+
+# What each installer prints when it changed the venv (pip's words are what ansible.builtin.pip reads).
+_CHANGE = {
+    "pip": re.compile(r"^Successfully (un)?installed ", re.MULTILINE),
+    "uv": re.compile(r"^(Installed|Uninstalled) \d+ package", re.MULTILINE),
+}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -166,6 +259,7 @@ def main() -> None:
             "python": {"type": "str", "default": "python3"},
             "packages": {"type": "list", "elements": "str", "default": []},
             "requirements_file": {"type": "path"},
+            "installer": {"type": "str", "choices": ["auto", "uv", "pip"], "default": "auto"},
         },
         supports_check_mode=True,
     )
@@ -189,16 +283,16 @@ def main() -> None:
         module.exit_json(changed=created, unsatisfied=[])
     if module.check_mode:
         module.exit_json(changed=True, unsatisfied=problems)
-    argv = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--disable-pip-version-check", *packages]
-    if requirements_file:
-        argv += ["-r", requirements_file]
-    rc, out, err = module.run_command(argv)  # the task's environment (PIP_COMPILE, proxies) applies
+    installer, argv, env = install_argv(module.params["installer"], venv, packages, requirements_file)
+    if installer == "pip" and module.params["installer"] == "uv":
+        module.fail_json(msg="installer=uv: no uv beside the module's interpreter or on the PATH")
+    # The task's environment (proxies, PIP_COMPILE) applies, and what uv needs of pip's settings.
+    rc, out, err = module.run_command(argv, environ_update=env)
     if rc != 0:
-        module.fail_json(msg=f"pip install failed ({rc}): {err[-4000:] or out[-4000:]}", unsatisfied=problems)
-    # pip's own word for a change (what ansible.builtin.pip reads too): a requirement this module
-    # could not judge, found installed by pip, is no change.
-    changed = created or "Successfully installed" in out or "Successfully uninstalled" in out
-    module.exit_json(changed=changed, unsatisfied=problems, stdout=out[-4000:])
+        module.fail_json(msg=f"{installer} install failed ({rc}): {err[-4000:] or out[-4000:]}", unsatisfied=problems)
+    # A requirement this module could not judge, found installed by the installer, is no change.
+    changed = created or bool(_CHANGE[installer].search(out + "\n" + err))
+    module.exit_json(changed=changed, unsatisfied=problems, installer=installer, stdout=(out + err)[-4000:])
 
 
 if __name__ == "__main__":
