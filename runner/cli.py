@@ -44,7 +44,12 @@ from runner.train_job import follow_job, job_name, kube_client
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-DOWN_STAGE = Stage("down", "playbooks/down.yml", ("local_platform",), "stop the local services (data is kept)")
+DOWN_STAGE = Stage(
+    "down",
+    "playbooks/down.yml",
+    ("local_platform", "k8s_control", "k8s_nodes"),
+    "stop the local services, or uninstall the lab's releases and take the network fix back (data is kept)",
+)
 TRAIN_STAGE = Stage("train", "playbooks/train.yml", ("k8s_control",), "start a training Job in the cluster")
 DIAGNOSE_STAGE = Stage(
     "diagnose",
@@ -303,7 +308,8 @@ def down(
     vault_password_file: VaultOption = None,
     verbose: VerboseOption = 0,
 ) -> None:
-    """Stop the local platform's services; data, registry and artifacts are kept."""
+    """Stop the local platform's services, or uninstall the lab's Helm releases and take its network fix
+    back; databases, the NFS export, the bucket, the log volume's data and the Secrets are kept."""
     path = _resolve_inventory(inventory)
     inv = _load(path, None)
     options = RunOptions(inventory=path, vault_password_file=vault_password_file, verbosity=verbose)

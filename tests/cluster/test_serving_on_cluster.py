@@ -20,7 +20,9 @@ address (which pods reach, as the lab's pods reach the MLflow Service):
   codes 0 and 3 from the gate's decisions), and the promoted one is served by every replica; a
   rolling restart with the PodDisruptionBudget in force, a Helm upgrade and `helm rollback` each
   replace the pods;
-- a second run of the platform playbook changes nothing (the Job says "kept").
+- a second run of the platform playbook changes nothing (the Job says "kept");
+- ``playbooks/down.yml`` (``python -m runner down``) uninstalls the release and keeps the
+  namespaces' Secrets; a second down changes nothing.
 """
 
 from __future__ import annotations
@@ -303,3 +305,30 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
 
     # The release path is idempotent on a converged cluster.
     assert run("platform.yml", "--tags", "serving_release,first_champion")["control"]["changed"] == 0
+
+    # `python -m runner down` in the lab: the releases go (serving here; the others were never
+    # installed on the harness, which is no change), the namespaces and their Secrets stay, and a
+    # second down changes nothing. --limit control: the node's SNAT is the network tests' part
+    # (tests/network/test_calico_snat.py takes it back with the same state); the pod network
+    # check of the network plays reads this cluster's own CIDR.
+    secrets_before = _secret_names(kube_cluster)
+    down_flags = ("--limit", "control", "-e", f"mlopslab_pod_cidr={kube_cluster.pod_cidr}")
+    down = run("down.yml", *down_flags)["control"]
+    assert (down["failed"], down["changed"]) == (0, 1), down
+    assert _run(*helm, "list", "-q", "--all-namespaces").split() == []
+    _wait(
+        "the serving pods gone",
+        lambda: not json.loads(kube_cluster.kubectl("-n", SERVING_NS, "get", "pods", "-o", "json").stdout)["items"],
+        120,
+    )
+    assert _secret_names(kube_cluster) == secrets_before, "down removed a Secret"
+    assert run("down.yml", *down_flags)["control"]["changed"] == 0
+
+
+def _secret_names(cluster: KubeCluster) -> dict[str, list[str]]:
+    """The Secrets of the platform's namespaces, without Helm's own release records."""
+    names = {}
+    for ns in NAMESPACES:
+        items = json.loads(cluster.kubectl("-n", ns, "get", "secrets", "-o", "json").stdout)["items"]
+        names[ns] = sorted(s["metadata"]["name"] for s in items if s["type"] != "helm.sh/release.v1")
+    return names
