@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.collection import plugin
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS_FILE = REPO_ROOT / "dags" / "requirements.txt"
 _COMPLETE_MARKER = ".mlopslab-complete"
@@ -60,13 +62,10 @@ def ensure_airflow_venv() -> Path:
         if target.exists():  # an interrupted build: start over
             shutil.rmtree(target)
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
-        # The installer the platform's own venvs use (venv_install): uv beside this interpreter.
-        uv = Path(sys.executable).with_name("uv")
-        if uv.exists():
-            subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *reqs], check=True)
-        else:
-            pip = [str(python), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
-            subprocess.run([*pip, *reqs], check=True)
+        # The platform's own choice of installer (venv_install: uv beside this interpreter, with
+        # pip's index settings passed on; pip where there is no uv).
+        _, argv, env = plugin("modules", "venv_install").install_argv("auto", str(target), reqs, None)
+        subprocess.run(argv, env={**os.environ, **env}, check=True)
         (target / _COMPLETE_MARKER).write_text("\n".join(reqs) + "\n")
     return python
 

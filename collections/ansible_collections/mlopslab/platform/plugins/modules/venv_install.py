@@ -180,6 +180,7 @@ def unsatisfied(venv: str, packages: list[str], requirements_file: str | None) -
 
 
 _PIP_LIST_KEYS = {"extra-index-url": "--extra-index-url", "find-links": "--find-links"}
+_PIP_KEYS = ("index-url", "no-index", "cert", *_PIP_LIST_KEYS)
 
 
 def pip_index_settings(venv: str) -> dict[str, list[str]]:
@@ -202,10 +203,10 @@ def pip_index_settings(venv: str) -> dict[str, list[str]]:
             continue
         for section in ("global", "install"):
             if parser.has_section(section):
-                for key in ("index-url", "no-index", "cert", *_PIP_LIST_KEYS):
+                for key in _PIP_KEYS:
                     if parser.has_option(section, key):
                         settings[key] = parser.get(section, key).split()
-    for key in ("index-url", "no-index", "cert", *_PIP_LIST_KEYS):
+    for key in _PIP_KEYS:
         value = os.environ.get("PIP_" + key.upper().replace("-", "_"))
         if value:
             settings[key] = value.split()
