@@ -39,7 +39,7 @@ K8S_VERSION=v1.36.3
 K8S_STAGING_VERSION=v0.36.3
 ETCD_VERSION=v3.6.16
 CONTAINERD_VERSION=v2.3.7
-HELM_VERSION=v3.22.0
+HELM_VERSION=v3.21.4
 COREDNS_VERSION=v1.15.0
 # build/pause/Makefile's TAG in that Kubernetes module
 PAUSE_VERSION=3.10.2
@@ -254,7 +254,17 @@ done
 exec 9>&-
 [ -z "${BUILD_K8S_PARTS:-}" ] || exit 0
 
-# Assemble the bin dir from hard links (same file system) and drop stale bin dirs and parts.
+# Assemble the bin dir from hard links (same file system) and drop stale bin dirs and parts, one
+# process at a time: scripts/test.sh's background build and a test session's fixture reach this
+# point together on a fresh machine (both waited on the last part's lock), and two assemblies in
+# one .partial directory fail with "cannot create hard link ... File exists".
+exec 9>"$CACHE/k8s/assemble.lock"
+flock 9
+if [ -f "$BIN/.complete" ]; then
+  log "cached: $BIN ($(since "$T0") s)"
+  echo "$BIN"
+  exit 0
+fi
 rm -rf "$BIN.partial"
 mkdir -p "$BIN.partial"
 for p in "${ORDER[@]}"; do cp -l "$PARTS/$(part_key "$p")"/bin/* "$BIN.partial/"; done
