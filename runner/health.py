@@ -329,6 +329,7 @@ def probe_endpoints(path: Path, timeout: float = 5.0) -> list[Probe]:
 
 
 LAB_VARIABLES = [
+    "mlopslab_releases",
     "mlopslab_ingress_address",
     "mlopslab_mlflow_host",
     "mlopslab_airflow_host",
@@ -354,13 +355,15 @@ def lab_components(values: dict[str, Any]) -> tuple[list[Component], list[str]]:
     """A cluster's components as seen from the control node, from the inventory's values: the web
     services through the ingress (the node address when mlopslab_ingress_address is set, with the
     Ingress name as Host header; else the name itself, as /etc/hosts resolves it), PostgreSQL and
-    S3 directly. Also returns notes on what could not be checked (secrets missing: no vault)."""
+    S3 directly; a release the inventory leaves out of mlopslab_releases is not looked for. Also
+    returns notes on what could not be checked (secrets missing: no vault)."""
     components, notes = [], []
     address = str(values.get("mlopslab_ingress_address") or "")
+    releases = values.get("mlopslab_releases") or ["mlflow", "airflow", "serving"]
     for name, variable in (("mlflow", "mlopslab_mlflow_host"), ("airflow", "mlopslab_airflow_host"),
                            ("serving", "mlopslab_serving_host")):  # fmt: skip
         host = str(values.get(variable) or "")
-        if host:
+        if host and name in releases:
             settings = {"host_header": host} if address else {}
             components.append(Component(name, name, f"http://{address or host}", settings))
     logins: list[dict[str, Any]] = []

@@ -167,6 +167,21 @@ def test_render_writes_every_manifest_values_file_and_release(rendered: Render) 
     assert "Secret data are placeholders" in (rendered.out / "README.md").read_text()
 
 
+def test_render_writes_only_the_releases_the_inventory_lists(tmp_path: Path) -> None:
+    """A cluster with its own ingress controller and no Airflow: mlopslab_releases leaves both out."""
+    inventory = tmp_path / "lab"
+    shutil.copytree(REPO_ROOT / "inventories" / "lab", inventory)
+    settings = inventory / "group_vars" / "all" / "main.yml"
+    settings.write_text(settings.read_text().replace(
+        "mlopslab_releases: [ingress_nginx, mlflow, airflow, serving]", "mlopslab_releases: [mlflow, serving]"
+    ))  # fmt: skip
+    (inventory / "group_vars" / "all" / "vault.yml").write_text(yaml.safe_dump(CANARIES))
+    proc = _runner("render", "-i", str(inventory), "--out", str(tmp_path / "out"), state=tmp_path / "state")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = sorted(p.name for p in (tmp_path / "out").glob("*/*.yml") if p.parent.name in ("releases", "values"))
+    assert written == ["iris-serving.values.yml", "iris-serving.yml", "mlflow.values.yml", "mlflow.yml"]
+
+
 def test_render_reads_no_secret_and_writes_none(rendered: Render) -> None:
     texts = [rendered.output] + [p.read_text() for p in rendered.out.rglob("*") if p.is_file()]
     for value in CANARIES.values():

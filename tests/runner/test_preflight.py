@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -66,7 +67,7 @@ def write_vault(inventory: Path, values: dict[str, str], password_file: Path) ->
     assert vault.read_text().startswith("$ANSIBLE_VAULT;")
 
 
-def set_group_var(inventory: Path, key: str, value: str) -> None:
+def set_group_var(inventory: Path, key: str, value: Any) -> None:
     path = inventory / "group_vars" / "all" / "main.yml"
     data = yaml.safe_load(path.read_text())
     data[key] = value
@@ -142,10 +143,12 @@ def test_missing_and_placeholder_secrets_are_named_not_shown(lab_copy: Path, tmp
         ("mlopslab_lab_subnet", "192.168.18/24", "mlopslab_lab_subnet"),
         ("mlopslab_pod_cidr", "192.168.0.0/16", "overlaps mlopslab_lab_subnet"),
         ("mlopslab_db_port", "54321x", "mlopslab_db_port"),
+        ("mlopslab_releases", ["mlflow", "kubeflow"], '["mlflow", "kubeflow"] must be a list of releases of'),
+        ("mlopslab_releases", "mlflow", 'mlopslab_releases = "mlflow" must be a list of releases'),
     ],
 )
 def test_bad_inventory_fails_preflight_naming_the_variable(
-    lab_copy: Path, tmp_path: Path, key: str, value: str, message: str
+    lab_copy: Path, tmp_path: Path, key: str, value: Any, message: str
 ) -> None:
     set_group_var(lab_copy, key, value)
     result = run_runner(tmp_path / "state", "bootstrap", "-i", str(lab_copy), "--only", "preflight")

@@ -123,3 +123,14 @@ def test_without_the_vault_password_it_says_what_it_cannot_check(moto: Moto, tmp
     assert result.returncode == 2, result.stdout
     assert "cannot read" in result.stdout, result.stdout
     assert "vault" in result.stdout.lower(), result.stdout
+
+
+def test_a_release_the_inventory_leaves_out_is_not_looked_for() -> None:
+    """A lab without Airflow (mlopslab_releases without it) is not reported as an Airflow that is down."""
+    from runner.health import lab_components
+
+    hosts = {f"mlopslab_{name}_host": f"{name}.lab.internal" for name in ("mlflow", "airflow", "serving")}
+    every, _ = lab_components(hosts)
+    assert [c.name for c in every] == ["mlflow", "airflow", "serving"]
+    chosen, _ = lab_components({**hosts, "mlopslab_releases": ["ingress_nginx", "mlflow", "serving"]})
+    assert [c.name for c in chosen] == ["mlflow", "serving"]
