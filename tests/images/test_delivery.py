@@ -304,9 +304,10 @@ def test_load_into_containerd_is_idempotent_and_follows_the_content(
 
     # A changed build input: a new tag, built (only its last layers) and loaded beside the old one.
     checkout = tmp_path / "checkout"
-    shutil.copytree(REPO_ROOT / "images" / "diagnose", checkout / "images" / "diagnose")
-    script = checkout / "images" / "diagnose" / "diagnose.py"
-    script.write_text(script.read_text() + "\n# a changed build input\n")
+    for part in ("images/diagnose", "collections/ansible_collections/mlopslab/platform/plugins/module_utils"):
+        shutil.copytree(REPO_ROOT / part, checkout / part)
+    dockerfile = checkout / "images" / "diagnose" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\n# a changed build input\n")
     changed = run_images_role(
         tmp_path / "changed", {**variables, "container_images_source_dir": str(checkout)}, nodes=["node1"]
     )

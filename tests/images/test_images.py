@@ -8,8 +8,8 @@
 - MLflow and serving together: the MLflow image serves the registry (sqlite backend, artifacts
   proxied) as uid 1001 on a read-only root filesystem, a model is registered from the test, and
   the serving image loads the champion from it and answers /healthz, /readyz and /predict;
-- diagnose: its checks against a real PostgreSQL and a real S3 endpoint on loopback, and the
-  NFS client's failure on a server that is not there.
+- diagnose: its entry point, the collection's connectivity probe, against a real PostgreSQL and a
+  real S3 endpoint on loopback, and its causes for a wrong password and an NFS server that is not there.
 
 Containers use the host network on 127.0.0.1 only (ports chosen free), never the lab's addresses.
 """
@@ -26,11 +26,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.images.conftest import BuiltImages
-from tests.support.images import podman
+from tests.support.images import podman, podman_env
 from tests.support.mlflow_server import free_port, register_iris_model
 
 pytestmark = [pytest.mark.images]
@@ -295,7 +296,6 @@ def s3_endpoint(tmp_path: Path) -> Iterator[dict[str, str]]:
             assert time.monotonic() < deadline, "rclone serve s3 did not start"
             time.sleep(0.5)
         yield {
-            "DIAGNOSE_S3_BUCKET": "diag-bucket",
             "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
             "AWS_ACCESS_KEY_ID": "diagkey",
             "AWS_SECRET_ACCESS_KEY": "diagsecret",
@@ -306,36 +306,42 @@ def s3_endpoint(tmp_path: Path) -> Iterator[dict[str, str]]:
         proc.wait(timeout=30)
 
 
-def _diagnose(built: BuiltImages, env: dict[str, str], *args: str) -> tuple[int, list[dict[str, object]], str]:
+def _diagnose(built: BuiltImages, env: dict[str, str], checks: list[dict[str, object]]) -> tuple[int, list[Any], str]:
+    """The image's entry point (the collection's connectivity probe) with a spec on stdin, as a pod
+    runs it with its Secrets as environment."""
     options = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
-    run = podman("run", "--rm", "--network", "host", "--read-only", *options, built.ref("diagnose"), *args, check=False)
+    run = subprocess.run(
+        ["podman", "run", "--rm", "-i", "--network", "host", "--read-only", *options, built.ref("diagnose"), "-"],
+        input=json.dumps({"checks": checks}), env=podman_env(), capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
     return run.returncode, [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")], run.stderr
 
 
 def test_diagnose_checks_postgresql_s3_and_nfs(
     built_images: BuiltImages, postgres: dict[str, str], s3_endpoint: dict[str, str]
 ) -> None:
-    rc, results, stderr = _diagnose(
-        built_images, {**postgres, **s3_endpoint, "DIAGNOSE_TCP": f"127.0.0.1:{postgres['PGPORT']}"}
-    )
+    login = {"kind": "postgresql", "name": "db", "host": "127.0.0.1", "port": int(postgres["PGPORT"]),
+             "database": "postgres", "user": "diag", "password_env": "PGPASSWORD"}  # fmt: skip
+    store = {"kind": "s3", "name": "store", "bucket": "diag-bucket", "region": "us-east-1",
+             "endpoint_url_env": "AWS_ENDPOINT_URL_S3", "access_key_id_env": "AWS_ACCESS_KEY_ID",
+             "secret_access_key_env": "AWS_SECRET_ACCESS_KEY"}  # fmt: skip
+    rc, results, stderr = _diagnose(built_images, {**postgres, **s3_endpoint}, [login, store])
     assert rc == 0, (results, stderr)
-    by_check = {result["check"]: result for result in results}
-    assert set(by_check) == {"route", "tcp", "postgres", "s3"}
-    assert all(result["ok"] for result in results), results
-    assert by_check["postgres"]["user"] == "diag"
-    assert by_check["postgres"]["server_sees_client"] == "127.0.0.1"
-    assert by_check["s3"]["bucket"] == "diag-bucket"
-    assert by_check["route"]["routes"]["127.0.0.1"]["dev"] == "lo"
+    assert [(r["check"], r["cause"]) for r in results] == [("postgresql", "ok"), ("s3", "ok")], results
+    assert "(the server sees this client as 127.0.0.1)" in results[0]["summary"]
+    assert "The credentials can put, get, delete in s3://diag-bucket" in results[1]["summary"]
+    for secret in (postgres["PGPASSWORD"], s3_endpoint["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in json.dumps(results) + stderr
 
-    # A wrong password, a closed port and an NFS server that is not there all fail, and say so.
-    bad = {**postgres, "PGPASSWORD": "wrong", "DIAGNOSE_NFS_URL": f"nfs://127.0.0.1:{free_port()}/export?version=3"}
-    rc, results, _ = _diagnose(built_images, bad, "postgres", "nfs")
+    # A wrong password and an NFS server that is not there both fail, each with its cause.
+    nfs = {"kind": "nfs", "name": "logs", "server": "127.0.0.1", "path": "/export", "timeout": 5}
+    rc, results, _ = _diagnose(built_images, {**postgres, "PGPASSWORD": "wrong"}, [login, nfs])
     assert rc == 1
-    assert [result["ok"] for result in results] == [False, False]
-    assert "password authentication failed" in str(results[0]["error"])
-    assert "nfs-ls" in str(results[1]["error"])
+    assert [r["cause"] for r in results] == ["pg_password", "unreachable"], results
 
-    assert _diagnose(built_images, {})[0] == 2
+    usage = podman("run", "--rm", "--network", "none", built_images.ref("diagnose"), check=False)
+    assert (usage.returncode, usage.stderr.strip()) == (2, "usage: connectivity.py SPEC.json|-")
     help_run = podman(
         "run", "--rm", "--network", "none", "--entrypoint", "nfs-ls", built_images.ref("diagnose"), check=False
     )
