@@ -1,17 +1,18 @@
-"""The lab's serving release on the real single-node cluster, through the stages' own playbooks.
+"""The lab's serving release on the real single-node cluster, through `python -m runner`.
 
-With the lab inventory's group_vars (inventories/lab) and the harness's hosts (the node as an ssh
-host, the control node local), a generated vault, and MLflow running on the harness's host
-address (which pods reach, as the lab's pods reach the MLflow Service):
+With the lab inventory's group_vars and the harness's hosts (tests/support/harness_lab.py: the node
+as an ssh host, the control node local, a generated vault, ``mlopslab_releases: [serving]`` since
+CI cannot download the upstream charts), and MLflow running on the harness's host address (which
+pods reach, as the lab's pods reach the MLflow Service):
 
-- ``playbooks/cluster.yml --tags k8s_namespaces,k8s_secrets`` makes the namespaces and Secrets;
-- ``playbooks/images.yml`` builds the serving and Airflow images on the control node and loads
-  them into the node's containerd over ssh (the registry-less path), so kubelet runs them without
-  a registry;
-- ``playbooks/platform.yml --tags serving_release,first_champion`` installs charts/serving through
-  the release path (helm_release, the release watch), with the lab's values, on an **empty
-  registry**; then the first_champion Job (the Airflow image, ``via: direct`` here since the
-  harness runs no Airflow) trains, gates and promotes the first champion and notifies serving;
+- ``runner bootstrap --only cluster --only images``: the namespaces, Secrets and log volume; the
+  platform's images built on the control node (tests/images built them already in a full run:
+  their content tags are in podman's storage) and loaded into the node's containerd over ssh (the
+  registry-less path), so kubelet runs them without a registry;
+- ``runner bootstrap --only platform`` installs charts/serving through the release path
+  (helm_release, the release watch), with the lab's values, on an **empty registry**; then the
+  first_champion Job (the Airflow image, ``via: direct`` since the harness runs no Airflow) trains,
+  gates and promotes the first champion and notifies serving;
 - both replicas load the champion and become Ready; the seed's request through the Service gets a
   prediction with its version in a header;
 - under load through the Service (kube-proxy), with no failed request: a new champion reached by
@@ -20,17 +21,15 @@ address (which pods reach, as the lab's pods reach the MLflow Service):
   codes 0 and 3 from the gate's decisions), and the promoted one is served by every replica; a
   rolling restart with the PodDisruptionBudget in force, a Helm upgrade and `helm rollback` each
   replace the pods;
-- a second run of the platform playbook changes nothing (the Job says "kept");
-- ``playbooks/down.yml`` (``python -m runner down``) uninstalls the release and keeps the
-  namespaces' Secrets; a second down changes nothing.
+- a second bootstrap of the three stages changes nothing (the Job says "kept");
+- ``python -m runner down`` uninstalls the release and keeps the namespaces' Secrets; a second
+  down changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,30 +38,22 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support.images import podman_env, python_base
-from tests.support.k8s_layer import recap
-from tests.support.kube_cluster import KubeCluster, cache_root
+from tests.support.harness_lab import LAB_VALUES as LAB
+from tests.support.harness_lab import HarnessLab, harness_lab
+from tests.support.kube_cluster import KubeCluster
 from tests.support.mlflow_server import MlflowServer, register_iris_model, start_mlflow_server
 from tests.support.serving_app import PredictLoad
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mlflow, pytest.mark.images, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
-ROLE_DEFAULTS = REPO / "collections/ansible_collections/mlopslab/platform/roles/container_images/defaults/main.yml"
-LAB = yaml.safe_load((REPO / "inventories/lab/group_vars/all/main.yml").read_text())
 MODEL = LAB["mlopslab_model_name"]
 NAMESPACES = (LAB["mlopslab_namespace_training"], LAB["mlopslab_namespace_serving"], LAB["mlopslab_namespace_ingress"])
 SERVING_NS = LAB["mlopslab_namespace_serving"]
 RELEASE = "iris-serving"
+LOG_PV = "airflow-logs-pv"
 SEED_REQUEST = {"features": [5.1, 3.5, 1.4, 0.2]}
-
-
-def _vault() -> dict[str, str]:
-    """Test-time secrets for every vault variable the lab inventory wires."""
-    keys = yaml.safe_load((REPO / "inventories/lab/vault.example.yml").read_text())
-    return {key: f"test-{key}-{os.urandom(8).hex()}" for key in keys}
 
 
 @pytest.fixture(scope="module")
@@ -73,36 +64,15 @@ def mlflow_on_host(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture(scope="module")
-def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The generated inventory directory and the stages' runner."""
-    work = tmp_path_factory.mktemp("lab-on-cluster")
-    inventory = work / "inventory"
-    inventory.mkdir()
-    # The lab's group_vars as they are; the hosts are the harness's. The VMs' groups name the
-    # harness host so that the lab's address variables resolve; no play here targets them.
-    (inventory / "group_vars").symlink_to(REPO / "inventories/lab/group_vars")
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    hosts = {
-        "all": {
-            "children": {
-                "nfs_servers": {"hosts": {"nfs-server": {"ansible_host": kube_cluster.host_ip}}},
-                "db_servers": {"hosts": {"postgres-server": {"ansible_host": kube_cluster.host_ip}}},
-                "k8s_nodes": {"hosts": {kube_cluster.node_name: kube_cluster.ansible_host_vars()}},
-                "k8s_control": {"hosts": {"control": local}},
-            }
-        }
-    }
-    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
-    vault = _vault()
-    every_image = yaml.safe_load(ROLE_DEFAULTS.read_text())["container_images_definitions"]
+def lab(
+    kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HarnessLab]:
+    """The lab inventory on the harness (tests/support/harness_lab.py), with MLflow on the host."""
     overrides = {
-        **vault,
-        "mlopslab_kubeconfig": str(kube_cluster.kubeconfig),
         # Where this harness differs from the lab: MLflow runs on the host.
         "serving_release_mlflow_tracking_uri": mlflow_on_host.url,
-        # No Airflow on the harness: the first champion trains in the Job's pod, with the
-        # environment the DAG's task pods get in the lab.
-        "first_champion_via": "direct",
+        # No Airflow on the harness (mlopslab_releases: serving): the first champion trains in the
+        # Job's pod, with the environment the DAG's task pods get in the lab.
         "first_champion_train_args": ["--n-estimators", "20"],
         "first_champion_env": [
             {"name": "MLFLOW_TRACKING_URI", "value": mlflow_on_host.url},
@@ -112,71 +82,18 @@ def lab(kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, tmp_path_factor
                 "valueFrom": {"secretKeyRef": {"name": "airflow-serving-reload-token", "key": "token"}},
             },
         ],
-        "container_images_base_image": python_base(),
-        "container_images_work_dir": str(cache_root() / "container-images"),
-        "container_images_node_become": False,
     }
-    extra = work / "overrides.json"
-    extra.write_text(json.dumps(overrides))
-    extra.chmod(0o600)
-    # `python -m runner train` takes no extra vars: the control node's host_vars carry the same.
-    (inventory / "host_vars").mkdir()
-    (inventory / "host_vars" / "control.json").write_text(json.dumps(overrides))
-    (inventory / "host_vars" / "control.json").chmod(0o600)
-    # The images stage delivers the images this test runs (the others are built and tested by
-    # tests/images; the platform play still computes every reference from the checkout).
-    (work / "images.json").write_text(
-        json.dumps({"container_images_definitions": [d for d in every_image if d["name"] in ("serving", "airflow")]})
-    )
-
-    def run(playbook: str, *flags: str) -> dict[str, dict[str, int]]:
-        env = {
-            **kube_cluster.env(),  # KUBECONFIG, and PATH with the harness's helm
-            "CONTAINERS_CONF": podman_env()["CONTAINERS_CONF"],
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_HOST_KEY_CHECKING": "False",
-        }
-        proc = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("ansible-playbook")),
-                f"playbooks/{playbook}",
-                "-i",
-                str(inventory),
-                "-e",
-                f"@{extra}",
-                *flags,
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
-        output = proc.stdout + proc.stderr
-        (work / f"{playbook}.log").write_text(output)
-        assert proc.returncode == 0, f"{playbook} {' '.join(flags)} failed:\n{output[-8000:]}"
-        for value in vault.values():
-            assert value not in output, f"a vault value appeared in the output of {playbook}"
-        return recap(output)
-
-    def train(run_name: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """`python -m runner train --via job` on this inventory; the output is checked for vault values."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "runner", "train", "--via", "job", "-i", str(inventory), "--run-name", run_name,
-             *args],
-            cwd=REPO, env={**kube_cluster.env(), "MLOPSLAB_STATE_DIR": str(work / "state")},
-            capture_output=True, text=True, timeout=1200, check=False,
-        )  # fmt: skip
-        (work / f"train-{run_name}.log").write_text(proc.stdout + proc.stderr)
-        for value in vault.values():
-            assert value not in proc.stdout + proc.stderr, "a vault value appeared in runner train's output"
-        return proc
-
-    yield run, vault, work, train
+    yield harness_lab(tmp_path_factory.mktemp("lab-on-cluster"), kube_cluster, overrides=overrides)
     for ns in NAMESPACES:
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    kube_cluster.kubectl("delete", "pv", LOG_PV, "--wait=false", check=False)
+
+
+def _bootstrap(lab: HarnessLab, *stages: str) -> dict[str, dict[str, int]]:
+    """`python -m runner bootstrap --only STAGE ...`; the counts of each stage it ran."""
+    proc = lab.runner("bootstrap", *(arg for stage in stages for arg in ("--only", stage)))
+    assert proc.returncode == 0, f"bootstrap {stages} failed:\n{(proc.stdout + proc.stderr)[-8000:]}"
+    return lab.stages()
 
 
 def _service_url(cluster: KubeCluster) -> str:
@@ -210,24 +127,21 @@ def _run(*argv: str) -> str:
 
 
 def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
-    kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, lab: Any
+    kube_cluster: KubeCluster, mlflow_on_host: MlflowServer, lab: HarnessLab
 ) -> None:
-    run, vault, lab_dir, runner_train = lab
     from mlflow import MlflowClient
 
     registry = MlflowClient(mlflow_on_host.url)
     assert registry.search_registered_models() == [], "the test starts from an empty registry"
 
-    assert run("cluster.yml", "--tags", "k8s_namespaces,k8s_secrets")["control"]["failed"] == 0
-    images = run("images.yml", "-e", f"@{Path(lab_dir) / 'images.json'}")
-    assert images["control"]["failed"] == 0
+    # (the images may be on the node already: tests/cluster/test_lab_bootstrap.py delivers the same tags)
+    assert _bootstrap(lab, "cluster", "images")["cluster"]["changed"] > 0
     node_images = kube_cluster.ssh("ctr -n k8s.io images ls -q").stdout.split()
     serving_ref = next((ref for ref in node_images if "/mlops-lab/serving:" in ref), "")
     assert serving_ref, f"the serving image is not in the node's containerd: {node_images}"
 
     started = time.monotonic()
-    platform = run("platform.yml", "--tags", "serving_release,first_champion")
-    assert platform["control"]["failed"] == 0
+    assert _bootstrap(lab, "platform")["platform"]["changed"] > 0
     first = registry.get_model_version_by_alias(MODEL, "champion")
     assert first.version == "1", "the first_champion Job trained and promoted version 1"
     kube_cluster.kubectl(
@@ -258,17 +172,20 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
 
         # Alias move 2: the reload reaches one replica through the Service, its peers follow.
         second = register_iris_model(mlflow_on_host.url, MODEL, n_estimators=20, random_state=7)
-        token = vault["vault_serving_reload_token"]
+        token = lab.vault["vault_serving_reload_token"]
         reloaded = http.post("/reload", headers={"Authorization": f"Bearer {token}"}, timeout=120)
         assert reloaded.status_code == 200, reloaded.text
         swapped = _wait("every replica on version 2", lambda: _agreed_on(http, second.version), 60)
 
         # Alias move 3, and a run the gate rejects, at once: `runner train --via job`, two Jobs in
         # the training namespace running the pipeline; the promoted one tells serving itself.
+        def train(run_name: str, *args: str) -> subprocess.CompletedProcess[str]:
+            return lab.runner("train", "--via", "job", "--run-name", run_name, *args, timeout=1200)
+
         with ThreadPoolExecutor(2) as pool:
             # (tolerance 0.5: the held-out accuracy beside version 2's may differ by a sample or two)
-            good = pool.submit(runner_train, "exp-1", "--n-estimators", "20", "--tolerance", "0.5")
-            weak = pool.submit(runner_train, "exp-weak", "--n-estimators", "1", "--max-depth", "1")
+            good = pool.submit(train, "exp-1", "--n-estimators", "20", "--tolerance", "0.5")
+            weak = pool.submit(train, "exp-weak", "--n-estimators", "1", "--max-depth", "1")
         promoted, rejected = good.result(), weak.result()
         assert promoted.returncode == 0, promoted.stdout[-3000:]
         assert "promoted: version" in promoted.stdout, promoted.stdout[-3000:]
@@ -303,18 +220,18 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
         f"a rolling restart, a helm upgrade and its rollback; replicas {swapped}"
     )
 
-    # The release path is idempotent on a converged cluster.
-    assert run("platform.yml", "--tags", "serving_release,first_champion")["control"]["changed"] == 0
+    # A second bootstrap of the three stages changes nothing (the first champion's Job says "kept").
+    again = _bootstrap(lab, "cluster", "images", "platform")
+    assert {stage: counts["changed"] for stage, counts in again.items() if counts["changed"]} == {}, again
 
     # `python -m runner down` in the lab: the releases go (serving here; the others were never
     # installed on the harness, which is no change), the namespaces and their Secrets stay, and a
-    # second down changes nothing. --limit control: the node's SNAT is the network tests' part
-    # (tests/network/test_calico_snat.py takes it back with the same state); the pod network
-    # check of the network plays reads this cluster's own CIDR.
+    # second down changes nothing (the SNAT this module never applied stays absent on the node;
+    # tests/cluster/test_lab_bootstrap.py takes an applied one back).
     secrets_before = _secret_names(kube_cluster)
-    down_flags = ("--limit", "control", "-e", f"mlopslab_pod_cidr={kube_cluster.pod_cidr}")
-    down = run("down.yml", *down_flags)["control"]
-    assert (down["failed"], down["changed"]) == (0, 1), down
+    down = lab.runner("down")
+    assert down.returncode == 0, (down.stdout + down.stderr)[-6000:]
+    assert lab.stages()["down"]["changed"] == 1, lab.stages()
     assert _run(*helm, "list", "-q", "--all-namespaces").split() == []
     _wait(
         "the serving pods gone",
@@ -322,7 +239,8 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
         120,
     )
     assert _secret_names(kube_cluster) == secrets_before, "down removed a Secret"
-    assert run("down.yml", *down_flags)["control"]["changed"] == 0
+    assert lab.runner("down").returncode == 0
+    assert lab.stages()["down"]["changed"] == 0
 
 
 def _secret_names(cluster: KubeCluster) -> dict[str, list[str]]:

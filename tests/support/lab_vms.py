@@ -13,7 +13,10 @@ that needs ``kube_cluster``. It yields a :class:`LabVms` with ``postgres`` and `
 
 They are booted from the Molecule base image (``scripts/build-base-image.sh``: Debian bookworm with systemd
 as PID 1, python3, iproute2) on their own podman network ``mlopslab-labvms`` (podman names its bridge;
-10.236.0.0/24, gateway 10.236.0.1 on the host), like the seed's VMs on the lab LAN.
+10.236.0.0/24, gateway 10.236.0.1 on the host), like the seed's VMs on the lab LAN. Ansible enters them
+as root (no sudo there: ``ansible_become`` is off). The NFS VM's /mnt/nfs_share is a podman volume
+(``mlopslab-vm-nfs-share``, removed with the VMs) and it has DAC_READ_SEARCH: nfs-ganesha opens files
+by handle, which the containers' overlayfs root cannot give.
 
 Routing, as in the lab: the node gets a route to 10.236.0.0/24 via the host end of its veth
 (``kube_cluster.host_ip``); the host already routes the pod CIDR to the node, and forwards between the
@@ -44,6 +47,7 @@ BASE_IMAGE = "localhost/debian-systemd:bookworm"
 NETWORK = "mlopslab-labvms"
 SUBNET = "10.236.0.0/24"
 GATEWAY = "10.236.0.1"
+NFS_SHARE_VOLUME = "mlopslab-vm-nfs-share"
 
 
 def containers_conf() -> str:
@@ -66,6 +70,8 @@ class LabVm:
     hostname: str
     ip: str
     conf: str
+    # further `podman run` options (the NFS VM's export volume and capability)
+    run_options: tuple[str, ...] = ()
 
     def exec(
         self, argv: Sequence[str], *, check: bool = True, timeout: float = 120, input: str | None = None
@@ -83,11 +89,13 @@ class LabVm:
             raise RuntimeError(f"podman exec {self.name} {list(argv)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
-    def inventory_vars(self) -> dict[str, str]:
+    def inventory_vars(self) -> dict[str, str | bool]:
         return {
             "ansible_connection": "containers.podman.podman",
             "ansible_host": self.name,
             "ansible_python_interpreter": "/usr/bin/python3",
+            # podman exec enters as root, and the image has no sudo: the plays' `become` is moot
+            "ansible_become": False,
         }
 
 
@@ -120,6 +128,7 @@ def _podman(conf: str, *args: str, check: bool = True, timeout: float = 120) -> 
 def _remove(conf: str, names: Sequence[str], network: bool) -> None:
     for name in names:
         _podman(conf, "rm", "-f", "-t", "0", name, check=False)
+    _podman(conf, "volume", "rm", "-f", NFS_SHARE_VOLUME, check=False)
     if network:
         _podman(conf, "network", "rm", "-f", NETWORK, check=False)
 
@@ -130,8 +139,11 @@ def running_lab_vms(cluster: KubeCluster) -> Iterator[LabVms]:
     conf = containers_conf()
     vms = [
         LabVm(name="mlopslab-vm-postgres", hostname="pg-vm", ip="10.236.0.10", conf=conf),
-        LabVm(name="mlopslab-vm-nfs", hostname="nfs-vm", ip="10.236.0.11", conf=conf),
-    ]
+        # nfs-ganesha's VFS backend opens files by handle (open_by_handle_at: DAC_READ_SEARCH), which the
+        # overlayfs root lacks: the share lives on a volume of its own, as in the Molecule scenarios.
+        LabVm(name="mlopslab-vm-nfs", hostname="nfs-vm", ip="10.236.0.11", conf=conf,
+              run_options=("--cap-add", "DAC_READ_SEARCH", "-v", f"{NFS_SHARE_VOLUME}:/mnt/nfs_share")),
+    ]  # fmt: skip
     # Leftovers of a crashed session of this harness have these exact names (the cluster's machine lock
     # is held, so no other session owns them).
     _remove(conf, [vm.name for vm in vms], network=False)
@@ -154,6 +166,7 @@ def running_lab_vms(cluster: KubeCluster) -> Iterator[LabVms]:
                 "--ip",
                 vm.ip,
                 "--systemd=always",
+                *vm.run_options,
                 BASE_IMAGE,
                 "/sbin/init",
             )
