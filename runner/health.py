@@ -359,7 +359,9 @@ def lab_components(values: dict[str, Any]) -> tuple[list[Component], list[str]]:
     returns notes on what could not be checked (secrets missing: no vault)."""
     components, notes = [], []
     address = str(values.get("mlopslab_ingress_address") or "")
-    releases = values.get("mlopslab_releases") or ["mlflow", "airflow", "serving"]
+    releases = values.get("mlopslab_releases")
+    if releases is None:  # an inventory that does not say installs them all
+        releases = ["mlflow", "airflow", "serving"]
     for name, variable in (("mlflow", "mlopslab_mlflow_host"), ("airflow", "mlopslab_airflow_host"),
                            ("serving", "mlopslab_serving_host")):  # fmt: skip
         host = str(values.get(variable) or "")

@@ -134,3 +134,4 @@ def test_a_release_the_inventory_leaves_out_is_not_looked_for() -> None:
     assert [c.name for c in every] == ["mlflow", "airflow", "serving"]
     chosen, _ = lab_components({**hosts, "mlopslab_releases": ["ingress_nginx", "mlflow", "serving"]})
     assert [c.name for c in chosen] == ["mlflow", "serving"]
+    assert lab_components({**hosts, "mlopslab_releases": []})[0] == []
