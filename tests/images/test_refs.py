@@ -192,14 +192,9 @@ def test_staging_makes_an_exact_copy(tmp_path: Path) -> None:
 
 
 def _copy_inputs(dest: Path) -> None:
-    for rel in (
-        "images",
-        "serving/Dockerfile",
-        "serving/requirements.txt",
-        "serving/__init__.py",
-        "serving/app",
-        "dags",
-    ):
+    """Every build input the role's definitions name, and nothing else of the checkout."""
+    definitions = load_yaml(ROLE / "defaults/main.yml")["container_images_definitions"]
+    for rel in sorted({path for d in definitions for path in [d["dockerfile"], *d["inputs"]]}):
         src = REPO_ROOT / rel
         if src.is_dir():
             shutil.copytree(src, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
