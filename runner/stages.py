@@ -53,8 +53,12 @@ STAGES: tuple[Stage, ...] = (
         ("k8s_control", "local_platform"),
         "MLflow, Airflow and serving (Helm releases or local services)",
     ),
-    # The lab has no smoke play yet (it would go through the ingress): there it is skipped.
-    Stage("smoke", "playbooks/smoke.yml", ("local_platform",), "train -> register -> serve check"),
+    Stage(
+        "smoke",
+        "playbooks/smoke.yml",
+        ("local_platform", "k8s_control"),
+        "train -> register -> every replica serves the champion (through the ingress on a cluster)",
+    ),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

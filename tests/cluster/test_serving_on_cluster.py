@@ -21,7 +21,9 @@ pods reach, as the lab's pods reach the MLflow Service):
   codes 0 and 3 from the gate's decisions), and the promoted one is served by every replica; a
   rolling restart with the PodDisruptionBudget in force, a Helm upgrade and `helm rollback` each
   replace the pods;
-- a second bootstrap of the three stages changes nothing (the Job says "kept");
+- a second bootstrap of the three stages and the smoke changes nothing (the Job says "kept"); the
+  smoke stage finds every replica serving the champion and gets the seed's prediction, through the
+  serving Service's address with the Ingress's host name (the harness has no ingress controller);
 - ``python -m runner down`` uninstalls the release and keeps the namespaces' Secrets; a second
   down changes nothing.
 """
@@ -220,9 +222,19 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
         f"a rolling restart, a helm upgrade and its rollback; replicas {swapped}"
     )
 
-    # A second bootstrap of the three stages changes nothing (the first champion's Job says "kept").
-    again = _bootstrap(lab, "cluster", "images", "platform")
+    # A second bootstrap changes nothing (the first champion's Job says "kept"), and its smoke stage
+    # finds the champion served by every replica and answered with. The smoke goes to the ingress's
+    # address with the Ingress's host name as Host header; the harness has no ingress controller
+    # (ingress-nginx cannot be downloaded), so the serving Service's address takes its place.
+    lab.set_vars(mlopslab_ingress_address=base.removeprefix("http://"))
+    again = _bootstrap(lab, "cluster", "images", "platform", "smoke")
     assert {stage: counts["changed"] for stage, counts in again.items() if counts["changed"]} == {}, again
+    assert again["smoke"]["ok"] > 0, again
+    smoke_log = lab.logs[-1].read_text()
+    serving_name = "fastapi." + LAB["mlopslab_ingress_domain"]
+    for line in (f"Serving docs:  http://{serving_name}/docs", f"MLflow UI:     {mlflow_on_host.url}/"):
+        assert line in smoke_log, smoke_log[-3000:]
+    assert "Airflow UI" not in smoke_log, "the harness runs no Airflow"
 
     # `python -m runner down` in the lab: the releases go (serving here; the others were never
     # installed on the harness, which is no change), the namespaces and their Secrets stay, and a

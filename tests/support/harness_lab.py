@@ -3,6 +3,7 @@
     lab = harness_lab(work, kube_cluster, vms=lab_vms, s3=HarnessS3(...), overrides={...})
     lab.runner("bootstrap", "--only", "hosts,network")   # python -m runner ... -i lab.inventory
     lab.stages()                                         # {stage: counts} of the last runner run
+    lab.set_vars(mlopslab_ingress_address="10.234.0.7")  # host_vars of every host, added later
     lab.playbook("platform.yml", "--tags", "serving_release")  # ansible-playbook, PLAY RECAP counts
 
 ``work/inventory`` is a copy of ``inventories/lab/group_vars`` (unchanged, with a plain vault.yml of
@@ -85,6 +86,11 @@ class HarnessLab:
         pointer = Path(self.env["MLOPSLAB_STATE_DIR"]) / "last-run"
         summary = json.loads((Path(pointer.read_text().strip()) / "summary.json").read_text())
         return {stage["name"]: stage["counts"] for stage in summary["stages"]}
+
+    def set_vars(self, **values: Any) -> None:
+        """Add or change host_vars of every host (what the harness learns after a stage, e.g. an address)."""
+        for path in (self.inventory / "host_vars").glob("*.json"):
+            path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
     def playbook(self, name: str, *flags: str, timeout: float = 1800) -> dict[str, dict[str, int]]:
         """``ansible-playbook playbooks/NAME -i INVENTORY FLAGS``; asserts success, returns PLAY RECAP counts."""
