@@ -31,14 +31,18 @@ fi
 
 # --- project venv
 PY=${PYTHON:-python3}
-stamp_src=$(cat pyproject.toml | sha256sum | cut -c1-16)
+# (the stamp's recipe part changes when the way the venv is made changes)
+stamp_src=$( (cat pyproject.toml; echo "recipe: compile-bytecode") | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.mlopslab-stamp 2>/dev/null)" != "$stamp_src" ]; then
   log "creating .venv (uv keeps the wheels in ~/.cache/uv)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   # uv installs the project (about 4 min with pip on a fresh machine, under 1 with uv); it is
   # one of the project's dependencies, so the venvs the platform builds use it as well.
   .venv/bin/pip install -q --disable-pip-version-check 'uv>=0.9'
-  .venv/bin/uv pip install -q --python .venv/bin/python -e '.[dev,serving,mlflow]'
+  # --compile-bytecode, as pip does by default: every ansible-playbook start and every module run
+  # imports from here, and without .pyc files (never written where PYTHONDONTWRITEBYTECODE is set)
+  # each compiles its imports from source: a warm `make up` took 71 s instead of 57 s.
+  .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e '.[dev,serving,mlflow]'
   echo "$stamp_src" > .venv/.mlopslab-stamp
 else
   log ".venv: up to date"

@@ -168,18 +168,24 @@ def test_render_writes_every_manifest_values_file_and_release(rendered: Render) 
 
 
 def test_render_writes_only_the_releases_the_inventory_lists(tmp_path: Path) -> None:
-    """A cluster with its own ingress controller and no Airflow: mlopslab_releases leaves both out."""
+    """A cluster with its own ingress controller, its own MLflow and no Airflow: mlopslab_releases
+    lists serving only, and the images stage delivers no MLflow image (the Airflow image still
+    runs the training Jobs, the diagnose image the diagnose pods)."""
     inventory = tmp_path / "lab"
     shutil.copytree(REPO_ROOT / "inventories" / "lab", inventory)
     settings = inventory / "group_vars" / "all" / "main.yml"
     settings.write_text(settings.read_text().replace(
-        "mlopslab_releases: [ingress_nginx, mlflow, airflow, serving]", "mlopslab_releases: [mlflow, serving]"
+        "mlopslab_releases: [ingress_nginx, mlflow, airflow, serving]", "mlopslab_releases: [serving]"
     ))  # fmt: skip
     (inventory / "group_vars" / "all" / "vault.yml").write_text(yaml.safe_dump(CANARIES))
     proc = _runner("render", "-i", str(inventory), "--out", str(tmp_path / "out"), state=tmp_path / "state")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     written = sorted(p.name for p in (tmp_path / "out").glob("*/*.yml") if p.parent.name in ("releases", "values"))
-    assert written == ["iris-serving.values.yml", "iris-serving.yml", "mlflow.values.yml", "mlflow.yml"]
+    assert written == ["iris-serving.values.yml", "iris-serving.yml"]
+    images = load_yaml(tmp_path / "out" / "images.yml")
+    delivered = sorted(ref.split("/")[-1].split(":")[0] for ref in images["delivered"])
+    assert delivered == ["airflow", "diagnose", "serving"], images["delivered"]
+    assert sorted(images["published"]) == ["airflow", "diagnose", "mlflow", "serving"]
 
 
 def test_render_reads_no_secret_and_writes_none(rendered: Render) -> None:
