@@ -12,7 +12,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,6 +34,7 @@ from runner.health import (
 from runner.inventory import Inventory, InventoryError, inventory_variables, load_inventory
 from runner.paths import local_home, project_dir, runs_dir
 from runner.progress import Progress, summary_table
+from runner.releases import RELEASE_VARIABLES, ReleaseState, lab_releases, releases_state
 from runner.render import RenderError, prepare_out_dir
 from runner.render import render as render_layer
 from runner.results import StageRun
@@ -223,22 +224,40 @@ def plan(
     console.print(table)
 
 
-def _components(inventory: Path | None, vault_password_file: Path | None) -> tuple[list[Component], list[str]]:
-    """The local platform's (endpoints.json) or, for an inventory with a cluster, the lab's."""
-    if inventory is not None:
-        path = _resolve_inventory(inventory)
-        inv = _load(path, None)
-        control = inv.hosts_of(("k8s_control",))
-        if control and not inv.hosts_of(("local_platform",)):
-            try:
-                values = inventory_variables(path, control[0], LAB_VARIABLES, vault_password_file)
-            except Exception as exc:  # an unreadable vault, an inventory error: say it
-                raise _usage_error(f"cannot read {path}: {exc}") from exc
-            return lab_components(values)
+def _lab_values(inventory: Path | None, vault_password_file: Path | None) -> dict[str, Any] | None:
+    """The inventory's values status needs, for an inventory with a cluster; None otherwise."""
+    if inventory is None:
+        return None
+    path = _resolve_inventory(inventory)
+    inv = _load(path, None)
+    control = inv.hosts_of(("k8s_control",))
+    if not control or inv.hosts_of(("local_platform",)):
+        return None
+    try:
+        return inventory_variables(path, control[0], LAB_VARIABLES + RELEASE_VARIABLES, vault_password_file)
+    except Exception as exc:  # an unreadable vault, an inventory error: say it
+        raise _usage_error(f"cannot read {path}: {exc}") from exc
+
+
+def _components(lab: dict[str, Any] | None) -> tuple[list[Component], list[str]]:
+    """The lab's components (from its inventory's values) or the local platform's (endpoints.json)."""
+    if lab is not None:
+        return lab_components(lab)
     path = endpoints_file()
     if not path.exists():
         return [], [f"no local platform endpoints recorded ({path})"]
     return components_from_endpoints(path), []
+
+
+def _releases(lab: dict[str, Any] | None) -> tuple[list[ReleaseState], list[str]]:
+    """The lab's Helm releases and their pods, or a note on why they could not be read."""
+    if lab is None:
+        return [], []
+    try:
+        return releases_state(lab_releases(lab), lab.get("mlopslab_kubeconfig"), lab.get("mlopslab_kube_context")), []
+    except Exception as exc:  # no kubeconfig, no API server: the rest of the status still counts
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return [], [f"Helm releases not checked: cannot read the cluster ({first_line})"]
 
 
 @app.command()
@@ -249,12 +268,19 @@ def status(
     vault_password_file: VaultOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the components' health as JSON only.")] = False,
 ) -> None:
-    """Show the last run's summary and whether each component can do its job (exit 1 if one cannot)."""
+    """Show the last run's summary, whether each component can do its job and, on a cluster, each
+    Helm release with its pods' readiness (exit 1 if something is down)."""
+    lab = _lab_values(inventory, vault_password_file)
+    components, notes = _components(lab)
+    releases, release_notes = _releases(lab)
+    notes += release_notes
     if as_json:
-        components, notes = _components(inventory, vault_password_file)
         probes = probe_components(components)
-        print(json.dumps({"components": [vars(probe) for probe in probes], "notes": notes}, indent=2))
-        raise typer.Exit(EXIT_FAILED if any(not probe.healthy for probe in probes) else EXIT_OK)
+        print(json.dumps({"components": [vars(probe) for probe in probes],
+                          "releases": [{**vars(r), "healthy": r.healthy} for r in releases], "notes": notes},
+                         indent=2))  # fmt: skip
+        unhealthy = any(not probe.healthy for probe in probes) or any(not r.healthy for r in releases)
+        raise typer.Exit(EXIT_FAILED if unhealthy else EXIT_OK)
     summary = read_last_summary()
     if summary is None:
         console.print("no run recorded yet: start with `python -m runner bootstrap`")
@@ -263,20 +289,30 @@ def status(
         console.print(summary_table(summary.stages))
         verdict = "[green]succeeded[/]" if summary.exit_code == EXIT_OK else f"[red]exit {summary.exit_code}[/]"
         console.print(f"result: {verdict}  artifacts: {summary.run_dir}")
-    components, notes = _components(inventory, vault_password_file)
     for note in notes:
         console.print(note)
-    if not components:
-        return
-    table = Table(title="components")
-    for column in ("component", "endpoint", "health"):
-        table.add_column(column)
-    probes = probe_components(components)
-    for probe in probes:
-        health = f"[green]up[/]: {probe.detail}" if probe.healthy else f"[red]down[/]: {probe.detail}"
-        table.add_row(probe.name, probe.url, health)
-    console.print(table)
-    down = [probe.name for probe in probes if not probe.healthy]
+    down = []
+    if releases:
+        table = Table(title="releases")
+        for column in ("release", "namespace", "helm", "pods ready", "not ready"):
+            table.add_column(column)
+        for r in releases:
+            helm = f"{r.status} (revision {r.revision})" if r.revision else r.status
+            ready = f"{r.ready}/{r.pods}"
+            table.add_row(r.release, r.namespace, helm if r.status == "deployed" else f"[red]{escape(helm)}[/]",
+                          ready if r.healthy else f"[red]{ready}[/]", escape("; ".join(r.not_ready)))  # fmt: skip
+        console.print(table)
+        down += [f"release {r.release}" for r in releases if not r.healthy]
+    if components:
+        table = Table(title="components")
+        for column in ("component", "endpoint", "health"):
+            table.add_column(column)
+        probes = probe_components(components)
+        for probe in probes:
+            health = f"[green]up[/]: {probe.detail}" if probe.healthy else f"[red]down[/]: {probe.detail}"
+            table.add_row(probe.name, probe.url, health)
+        console.print(table)
+        down += [probe.name for probe in probes if not probe.healthy]
     if down:
         console.print(f"[red]down:[/] {', '.join(down)}")
         raise typer.Exit(EXIT_FAILED)

@@ -16,7 +16,7 @@ make), run as a subprocess that gets the secrets through its environment only.
 
 Components come from the local platform's ``endpoints.json`` (written by the platform stage; it
 names the files that hold the secrets, never the secrets) or, for a cluster, from the inventory
-(runner.inventory.lab_components).
+(lab_components below; the Helm releases and their pods: runner/releases.py).
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ pods reach, as the lab's pods reach the MLflow Service):
 - a second bootstrap of the three stages and the smoke changes nothing (the Job says "kept"); the
   smoke stage finds every replica serving the champion and gets the seed's prediction, through the
   serving Service's address with the Ingress's host name (the harness has no ingress controller);
-- ``python -m runner down`` uninstalls the release and keeps the namespaces' Secrets; a second
-  down changes nothing.
+- ``python -m runner status`` shows the release deployed with both pods Ready (from Helm's record
+  in the cluster), and not installed after ``python -m runner down``, which uninstalls the release
+  and keeps the namespaces' Secrets; a second down changes nothing.
 """
 
 from __future__ import annotations
@@ -236,6 +237,16 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
         assert line in smoke_log, smoke_log[-3000:]
     assert "Airflow UI" not in smoke_log, "the harness runs no Airflow"
 
+    # `python -m runner status` reads the release from Helm's own record in the cluster: deployed,
+    # both pods Ready. (S3 is pointed at a closed port of the host for it: the lab's endpoint is AWS.)
+    lab.set_vars(mlopslab_s3_endpoint_url=f"http://{kube_cluster.host_ip}:9")
+    status = lab.runner("status", "--json")
+    releases = json.loads(status.stdout)["releases"]
+    assert [(r["release"], r["namespace"], r["status"], r["ready"], r["pods"], r["healthy"]) for r in releases] == [
+        (RELEASE, SERVING_NS, "deployed", 2, 2, True)
+    ], status.stdout
+    assert releases[0]["revision"] >= 1
+
     # `python -m runner down` in the lab: the releases go (serving here; the others were never
     # installed on the harness, which is no change), the namespaces and their Secrets stay, and a
     # second down changes nothing (the SNAT this module never applied stays absent on the node;
@@ -253,6 +264,11 @@ def test_serving_release_comes_up_on_the_cluster_and_swaps_on_every_replica(
     assert _secret_names(kube_cluster) == secrets_before, "down removed a Secret"
     assert lab.runner("down").returncode == 0
     assert lab.stages()["down"]["changed"] == 0
+    status = lab.runner("status", "--json")
+    assert status.returncode == 1, status.stdout
+    assert [(r["release"], r["status"], r["healthy"]) for r in json.loads(status.stdout)["releases"]] == [
+        (RELEASE, "not installed", False)
+    ], status.stdout
 
 
 def _secret_names(cluster: KubeCluster) -> dict[str, list[str]]:

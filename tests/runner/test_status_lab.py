@@ -88,7 +88,9 @@ def lab_inventory(tmp: Path, moto: Moto, region: str) -> tuple[Path, Path]:
 def status(inventory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "runner", "status", "-i", str(inventory), *args],
-        cwd=REPO, env={**os.environ, "MLOPSLAB_STATE_DIR": str(inventory.parent / "state")},
+        # no kubeconfig: the releases cannot be read (the real cluster's: tests/cluster/test_serving_on_cluster.py)
+        cwd=REPO, env={**os.environ, "MLOPSLAB_STATE_DIR": str(inventory.parent / "state"),
+                       "KUBECONFIG": str(inventory.parent / "no-kubeconfig")},
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
 
@@ -106,6 +108,8 @@ def test_lab_status_reads_the_inventory_and_the_vault(moto: Moto, tmp_path: Path
         assert not components[name]["healthy"], components
         assert "nothing answers at 127.0.0.1:" in components[name]["detail"], components
     assert moto.keys["workload"]["SecretAccessKey"] not in result.stdout + result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert any(note.startswith("Helm releases not checked: cannot read the cluster") for note in notes), notes
 
     # a wrong region is named with the bucket's, and the table tells every component in words
     inventory, password = lab_inventory(tmp_path / "wrong", moto, "us-west-2")

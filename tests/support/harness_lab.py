@@ -88,9 +88,11 @@ class HarnessLab:
         return {stage["name"]: stage["counts"] for stage in summary["stages"]}
 
     def set_vars(self, **values: Any) -> None:
-        """Add or change host_vars of every host (what the harness learns after a stage, e.g. an address)."""
+        """Add or change host_vars of every host (what the harness learns after a stage, e.g. an
+        address); a value None removes the variable (the group_vars' value applies again)."""
         for path in (self.inventory / "host_vars").glob("*.json"):
-            path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+            merged = {**json.loads(path.read_text()), **values}
+            path.write_text(json.dumps({key: value for key, value in merged.items() if value is not None}))
 
     def playbook(self, name: str, *flags: str, timeout: float = 1800) -> dict[str, dict[str, int]]:
         """``ansible-playbook playbooks/NAME -i INVENTORY FLAGS``; asserts success, returns PLAY RECAP counts."""
