@@ -66,6 +66,28 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return StreamScheduling(config, log)
 
 
+# The real-cluster tests' budget (the cluster harness issue): a figure the run prints, not a test.
+CLUSTER_BUDGET_MIN = 20
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The time of the tests on the real cluster (setup, call and teardown, the cluster's start
+    included), against their budget on a warm cache."""
+    reports = [
+        report
+        for outcome in ("passed", "failed", "error", "skipped")
+        for report in terminalreporter.stats.get(outcome, [])
+        if "cluster" in (getattr(report, "keywords", None) or {}) and hasattr(report, "duration")
+    ]
+    if reports:
+        minutes = sum(report.duration for report in reports) / 60
+        tests = len({report.nodeid for report in reports})
+        terminalreporter.write_line(
+            f"real-cluster tests: {tests} in {minutes:.1f} min (budget {CLUSTER_BUDGET_MIN} min on a warm cache: "
+            f"{'within' if minutes <= CLUSTER_BUDGET_MIN else 'OVER'})"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _isolate_mlflow_tracking_uri() -> Iterator[None]:
     """Code under test may call mlflow.set_tracking_uri (the DAG tasks do, as a task process
