@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from functools import cache
 from pathlib import Path
+from types import ModuleType
+
+PLUGINS = Path("collections/ansible_collections/mlopslab/platform/plugins")
 
 
 def project_dir() -> Path:
@@ -15,6 +20,19 @@ def project_dir() -> Path:
     if override:
         return Path(override).resolve()
     return Path(__file__).resolve().parent.parent
+
+
+@cache
+def collection_plugin(kind: str, name: str) -> ModuleType:
+    """The collection's ``plugins/<kind>/<name>.py``, loaded from its file as Ansible loads it (no
+    install), so that the runner applies the roles' own rules (e.g. the release watch's pod verdict)."""
+    path = project_dir() / PLUGINS / kind / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"mlopslab_{kind}_{name}", path)
+    assert spec is not None, path
+    assert spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def state_dir() -> Path:

@@ -3,9 +3,9 @@
 Read from what Helm itself keeps, so that any chart is understood the same way and nothing else
 needs recording: each release's newest record (a Secret labelled ``owner=helm``, ``name=<release>``
 in the release's namespace) gives its status and revision, and its manifest the Deployments,
-StatefulSets and DaemonSets it made; their selectors give the pods. A pod is ready when Kubernetes
-says so (the Ready condition); one that is not is named with the reason its containers wait or
-ended (what ``kubectl get pods`` would show). Pods of Jobs (hooks, the first champion) do not count.
+StatefulSets and DaemonSets it made; their selectors give the pods. Whether a pod is Ready, and why
+not, is the release watch's own verdict (plugins/modules/k8s_release_watch.py, what the release
+path waits with). Pods of Jobs (hooks, the first champion) do not count.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import base64
 import gzip
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-ROLES = Path(__file__).resolve().parents[1] / "collections/ansible_collections/mlopslab/platform/roles"
+from runner.paths import PLUGINS, collection_plugin, project_dir
+
+# The releases an inventory may list in mlopslab_releases (roles <key>_release), in install order.
+RELEASE_KEYS = ("ingress_nginx", "mlflow", "airflow", "serving")
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 # Seconds per API request: status must answer even when the API server does not.
 TIMEOUT = 10
@@ -58,24 +60,6 @@ def workload_selectors(manifest: str) -> list[dict[str, str]]:
     return selectors
 
 
-def pod_problem(pod: dict[str, Any]) -> str | None:
-    """None for a Ready pod, else why not: a container's waiting or termination reason, or the phase."""
-    status = pod.get("status") or {}
-    if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
-        return None
-    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-        state = container.get("state") or {}
-        waiting, terminated = state.get("waiting"), state.get("terminated")
-        if waiting and waiting.get("reason") not in (None, "PodInitializing"):
-            return f"{container.get('name')} {waiting['reason']}"
-        if terminated and terminated.get("exitCode"):
-            return f"{container.get('name')} exited {terminated['exitCode']} ({terminated.get('reason', '')})"
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return f"not scheduled: {condition.get('message', condition.get('reason', ''))}"
-    return f"not ready ({status.get('phase', 'Unknown')})"
-
-
 def release_state(api: Any, release: str, namespace: str) -> ReleaseState:
     """One release's state through a kubernetes ``CoreV1Api`` (``api``)."""
     records = api.list_namespaced_secret(
@@ -87,22 +71,23 @@ def release_state(api: Any, release: str, namespace: str) -> ReleaseState:
     record = helm_record((newest.data or {}).get("release", ""))
     state = ReleaseState(release, namespace, str((record.get("info") or {}).get("status", "unknown")),
                          revision=int(record.get("version", 0)))  # fmt: skip
+    # The release watch's own verdict on a pod (the release path waits with it), for Ready pods.
+    watch = collection_plugin("modules", "k8s_release_watch")
     seen: set[str] = set()
     for labels in workload_selectors(str(record.get("manifest", ""))):
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         for pod in api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=TIMEOUT).items:
             doc = api.api_client.sanitize_for_serialization(pod)
             name = doc["metadata"]["name"]
-            owners = {o.get("kind") for o in doc["metadata"].get("ownerReferences") or []}
-            if name in seen or "Job" in owners:
+            if name in seen or watch._owned_by_job(doc):
                 continue
             seen.add(name)
             state.pods += 1
-            problem = pod_problem(doc)
+            problem = watch.pod_problem(doc, "ready")
             if problem is None:
                 state.ready += 1
             else:
-                state.not_ready.append(f"{name}: {problem}")
+                state.not_ready.append(f"{name}: {problem[0]}")
     return state
 
 
@@ -120,15 +105,15 @@ def releases_state(
 
 def lab_releases(values: dict[str, Any]) -> list[tuple[str, str]]:
     """(release, namespace) of each release the inventory lists in mlopslab_releases (all four when
-    it does not say, as the playbooks' default): the release
-    role ``<key>_release``'s ``<key>_release_release_name`` (the inventory's, else the role's
-    default) and ``<key>_release_namespace``."""
+    it does not say): the role ``<key>_release``'s ``<key>_release_release_name`` (the inventory's,
+    else the role's default) and ``<key>_release_namespace``."""
     found = []
     listed = values.get("mlopslab_releases")
-    for key in ("ingress_nginx", "mlflow", "airflow", "serving") if listed is None else listed:
+    for key in RELEASE_KEYS if listed is None else listed:
         name = values.get(f"{key}_release_release_name")
         if not name:
-            defaults = yaml.safe_load((ROLES / f"{key}_release/defaults/main.yml").read_text()) or {}
+            defaults_file = project_dir() / PLUGINS.parent / "roles" / f"{key}_release/defaults/main.yml"
+            defaults = yaml.safe_load(defaults_file.read_text()) or {}
             name = defaults.get(f"{key}_release_release_name", key)
         found.append((str(name), str(values.get(f"{key}_release_namespace") or "default")))
     return found
@@ -138,6 +123,5 @@ def lab_releases(values: dict[str, Any]) -> list[tuple[str, str]]:
 RELEASE_VARIABLES = [
     "mlopslab_kubeconfig",
     "mlopslab_kube_context",
-    *(f"{key}_release_{suffix}" for key in ("ingress_nginx", "mlflow", "airflow", "serving")
-      for suffix in ("release_name", "namespace")),
+    *(f"{key}_release_{suffix}" for key in RELEASE_KEYS for suffix in ("release_name", "namespace")),
 ]  # fmt: skip

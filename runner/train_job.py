@@ -17,22 +17,19 @@ person would with ``kubectl logs -f``:
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from mlopslab_pipeline.job import Outcome, parse_outcome
 
-from runner.paths import project_dir
+from runner.paths import collection_plugin
 
-DIAGNOSIS = Path("collections/ansible_collections/mlopslab/platform/plugins/filter/diagnosis.py")
 CONTAINER = "train"  # the container's name in start.yml's Job
 EXIT_FAILED = 1
 
@@ -43,15 +40,9 @@ def job_name(run_name: str, suffix: str | None = None) -> str:
     return f"train-{slug}-{suffix or secrets.token_hex(3)}"
 
 
-@cache
 def _diagnosis() -> ModuleType:
-    """The collection's diagnosis filters (pods_state, diagnose_pod_outcome), loaded from their file."""
-    spec = importlib.util.spec_from_file_location("mlopslab_diagnosis", project_dir() / DIAGNOSIS)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The collection's diagnosis filters (pods_state, diagnose_pod_outcome)."""
+    return collection_plugin("filter", "diagnosis")
 
 
 @dataclass(frozen=True)

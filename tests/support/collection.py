@@ -3,7 +3,6 @@ run as modules by a real ``ansible`` on localhost."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,18 +10,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from runner.paths import collection_plugin
+
 COLLECTION = Path(__file__).resolve().parents[2] / "collections" / "ansible_collections" / "mlopslab" / "platform"
 
 
 def plugin(kind: str, name: str) -> ModuleType:
-    """plugins/<kind>/<name>.py as a module, e.g. ``plugin("filter", "image_refs")``."""
-    path = COLLECTION / "plugins" / kind / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"mlopslab_{kind}_{name}", path)
-    assert spec is not None, path
-    assert spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """plugins/<kind>/<name>.py as a module, e.g. ``plugin("filter", "image_refs")``: the runner's
+    own loader (runner.paths.collection_plugin)."""
+    return collection_plugin(kind, name)
 
 
 def run_module(name: str, args: dict[str, Any], tmp: Path, *flags: str, python: str = sys.executable) -> dict[str, Any]:
