@@ -31,7 +31,7 @@ from runner.health import (
     probe_components,
     read_endpoints,
 )
-from runner.inventory import Inventory, InventoryError, inventory_variables, load_inventory
+from runner.inventory import Inventory, InventoryError, inventory_variables, kube_client, load_inventory
 from runner.paths import local_home, project_dir, runs_dir
 from runner.progress import Progress, summary_table
 from runner.releases import RELEASE_VARIABLES, ReleaseState, lab_releases, releases_state
@@ -41,7 +41,7 @@ from runner.results import StageRun
 from runner.stages import STAGE_NAMES, Stage, StageSelectionError, select_stages
 from runner.summary import RunSummary, read_last_summary, write_summary
 from runner.train import PasswordTokenAuth, TrainError, TrainParams, auth_from_env, trigger_training
-from runner.train_job import follow_job, job_name, kube_client
+from runner.train_job import follow_job, job_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

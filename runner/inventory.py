@@ -1,5 +1,6 @@
 """Reads an inventory: its groups and hosts (no vault password needed), and, for the commands that
-talk to a running platform (status, on a cluster), the values of a few of its variables.
+talk to a running platform (status, train, on a cluster), the values of a few of its variables and
+an API client for its cluster.
 """
 
 from __future__ import annotations
@@ -78,3 +79,12 @@ def inventory_variables(
         except AnsibleUndefinedVariable:
             continue
     return found
+
+
+def kube_client(kubeconfig: str | None, context: str | None) -> Any:
+    """An API client for the inventory's cluster (mlopslab_kubeconfig / mlopslab_kube_context, else
+    the usual KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import config
+
+    path = str(Path(kubeconfig).expanduser()) if kubeconfig else None
+    return config.new_client_from_config(config_file=path, context=context or None)  # type: ignore[no-untyped-call]

@@ -97,7 +97,7 @@ def releases_state(
     """The state of each (release, namespace), through the kubeconfig (default: KUBECONFIG, ~/.kube/config)."""
     from kubernetes import client
 
-    from runner.train_job import kube_client
+    from runner.inventory import kube_client
 
     api = client.CoreV1Api(kube_client(kubeconfig, context))
     return [release_state(api, release, namespace) for release, namespace in releases]

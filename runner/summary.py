@@ -45,8 +45,8 @@ class RunSummary:
         )
 
 
-def _last_run_pointer() -> Path:
-    return state_dir() / "last-run"
+def _last_run_pointer(state: Path | None = None) -> Path:
+    return (state or state_dir()) / "last-run"
 
 
 def write_summary(summary: RunSummary) -> Path:
@@ -58,8 +58,9 @@ def write_summary(summary: RunSummary) -> Path:
     return path
 
 
-def read_last_summary() -> RunSummary | None:
-    pointer = _last_run_pointer()
+def read_last_summary(state: Path | None = None) -> RunSummary | None:
+    """The last run's summary, from the state directory (default: this process's, runner.paths.state_dir)."""
+    pointer = _last_run_pointer(state)
     if not pointer.exists():
         return None
     path = Path(pointer.read_text(encoding="utf-8").strip()) / "summary.json"

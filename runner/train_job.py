@@ -22,7 +22,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -159,13 +158,4 @@ def follow_job(
     return JobResult(exit_code, summary_of(outcome))
 
 
-def kube_client(kubeconfig: str | None, context: str | None) -> Any:
-    """An API client for the inventory's cluster (mlopslab_kubeconfig / mlopslab_kube_context, else
-    the usual KUBECONFIG or ~/.kube/config)."""
-    from kubernetes import config
-
-    path = str(Path(kubeconfig).expanduser()) if kubeconfig else None
-    return config.new_client_from_config(config_file=path, context=context or None)  # type: ignore[no-untyped-call]
-
-
-__all__ = ["JobResult", "follow_job", "job_name", "kube_client", "summary_of"]
+__all__ = ["JobResult", "follow_job", "job_name", "summary_of"]

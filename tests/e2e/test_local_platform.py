@@ -32,6 +32,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+from runner.summary import read_last_summary
 from runner.train import PasswordTokenAuth, TrainParams, trigger_training
 from tests.support import local_platform
 from tests.support.serving_app import PredictLoad
@@ -89,9 +90,9 @@ class Platform:
         return self.last_summary()
 
     def last_summary(self) -> dict[str, Any]:
-        pointer = Path(self.env["MLOPSLAB_STATE_DIR"]) / "last-run"
-        data: dict[str, Any] = json.loads((Path(pointer.read_text().strip()) / "summary.json").read_text())
-        return data
+        summary = read_last_summary(Path(self.env["MLOPSLAB_STATE_DIR"]))
+        assert summary is not None, "no runner run has written a summary yet"
+        return summary.to_dict()
 
     def secret(self, name: str) -> str:
         return (self.home / "secrets" / name).read_text().split()[0]

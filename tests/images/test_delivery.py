@@ -119,6 +119,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        # The role tags what it pushes with the registry's name: those tags go with the registry.
+        names = podman("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+        for name in (n for n in names if n.startswith(f"{reg.host}/")):
+            podman("untag", name, name, check=False)
 
 
 def _push_vars(built: BuiltImages, registry: Registry, work: Path, **extra: Any) -> dict[str, Any]:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from runner.summary import read_last_summary
 from tests.runner.conftest import LabProject
 
 
 def _summary(project: LabProject) -> dict[str, object]:
-    pointer = project.state / "last-run"
-    run_dir = Path(pointer.read_text().strip())
-    data: dict[str, object] = json.loads((run_dir / "summary.json").read_text())
-    return data
+    summary = read_last_summary(project.state)
+    assert summary is not None, "no runner run has written a summary yet"
+    return summary.to_dict()
 
 
 def _statuses(project: LabProject) -> dict[str, str]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from runner.summary import read_last_summary
 from tests.support.images import cache_root, podman_env, python_base
 from tests.support.k8s_layer import recap
 from tests.support.kube_cluster import KubeCluster
@@ -83,9 +84,9 @@ class HarnessLab:
 
     def stages(self) -> dict[str, dict[str, int]]:
         """The counts of each stage of the last runner run (its summary.json)."""
-        pointer = Path(self.env["MLOPSLAB_STATE_DIR"]) / "last-run"
-        summary = json.loads((Path(pointer.read_text().strip()) / "summary.json").read_text())
-        return {stage["name"]: stage["counts"] for stage in summary["stages"]}
+        summary = read_last_summary(Path(self.env["MLOPSLAB_STATE_DIR"]))
+        assert summary is not None, "no runner run has written a summary yet"
+        return {stage.name: stage.counts for stage in summary.stages}
 
     def set_vars(self, **values: Any) -> None:
         """Add or change host_vars of every host (what the harness learns after a stage, e.g. an
