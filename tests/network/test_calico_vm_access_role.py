@@ -5,29 +5,15 @@ Its anatomy (defaults, argument specs, README) is checked by tests/test_role_ana
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-COLLECTION = REPO / "collections/ansible_collections/mlopslab/platform"
+from tests.support.collection import COLLECTION, plugin
+
 ROLE = COLLECTION / "roles/calico_vm_access"
 MARK = "mlopslab.platform.calico_vm_access"
 
-
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-filters = load(COLLECTION / "plugins/filter/iptables_rules.py", "iptables_rules_filters")
-pools = load(COLLECTION / "plugins/filter/calico_pool.py", "calico_pool_filters")
+filters = plugin("filter", "iptables_rules")
+pools = plugin("filter", "calico_pool")
 
 
 def rule(dest: str) -> str:
