@@ -79,7 +79,7 @@ def release_state(api: Any, release: str, namespace: str) -> ReleaseState:
         for pod in api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=TIMEOUT).items:
             doc = api.api_client.sanitize_for_serialization(pod)
             name = doc["metadata"]["name"]
-            if name in seen or watch._owned_by_job(doc):
+            if name in seen or watch.owned_by_job(doc):
                 continue
             seen.add(name)
             state.pods += 1

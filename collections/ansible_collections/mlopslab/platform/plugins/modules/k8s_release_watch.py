@@ -138,7 +138,9 @@ def _get(obj: Any, *path: str, default: Any = None) -> Any:
     return obj
 
 
-def _owned_by_job(pod: dict[str, Any]) -> bool:
+def owned_by_job(pod: dict[str, Any]) -> bool:
+    """A Job's pod (a hook, the first champion): its end is the Job's business, not a release's readiness
+    (runner status skips these too)."""
     return any(ref.get("kind") == "Job" for ref in _get(pod, "metadata", "ownerReferences", default=[]))
 
 
@@ -164,8 +166,8 @@ def pod_problem(pod: dict[str, Any], wait_for: str) -> tuple[str, bool] | None:
         if waiting and waiting.get("reason") in FAIL_FAST_REASONS:
             return f"container {name}: {waiting['reason']}: {waiting.get('message', '')}".strip(": "), True
     if phase == "Failed":
-        return f"phase Failed: {status.get('reason', '')} {status.get('message', '')}".strip(), not _owned_by_job(pod)
-    if _owned_by_job(pod):
+        return f"phase Failed: {status.get('reason', '')} {status.get('message', '')}".strip(), not owned_by_job(pod)
+    if owned_by_job(pod):
         return None  # a Job's pod need not be Ready; its crashes are caught above
     if wait_for == "ready":
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
