@@ -13,6 +13,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.ensemble import RandomForestClassifier
@@ -104,11 +105,26 @@ def find_existing(
     )
 
 
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, made when missing. Parallel runs race to make it: the loser reads the
+    winner's instead of failing (RESOURCE_ALREADY_EXISTS)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    made = client.get_experiment_by_name(name)
+    assert made is not None, name
+    return str(made.experiment_id)
+
+
 def train_and_register(settings: Settings, params: TrainingParams, airflow_run_id: str) -> TrainingResult:
     """Train, log params/metrics/model with signature and input example, register a version."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    experiment = client.get_experiment_by_name(settings.experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(settings.experiment_name)
+    experiment_id = _experiment_id(client, settings.experiment_name)
     existing = find_existing(client, experiment_id, airflow_run_id, settings.model_name)
     if existing is not None:
         log.info("run %s already registered version %s; not training again", airflow_run_id, existing.version)
