@@ -214,6 +214,18 @@ def test_deployment_behind_clusterip_from_pod_and_host(kube_cluster: KubeCluster
         ).stdout.split()
     )
     assert len(pods) == 2
+    # Ready pods reach the Service's endpoints, then kube-proxy's rules, a moment later (until then
+    # the Service refuses connections): from the host namespace, until both replicas have answered.
+    cluster_ip = kube_cluster.kubectl("-n", ns, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while seen != pods and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{cluster_ip}/", timeout=5) as resp:
+                seen.add(resp.read().decode().strip())
+        except OSError:
+            time.sleep(0.5)
+    assert seen == pods, "both replicas answer through kube-proxy from the host namespace"
     logs = run_pod(
         kube_cluster,
         ns,
@@ -226,12 +238,6 @@ for _ in range(30):
 EOF""",
     )
     assert set(logs.split()) == pods, "both replicas answer through the Service from a pod"
-    cluster_ip = kube_cluster.kubectl("-n", ns, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").stdout
-    seen = set()
-    for _ in range(30):
-        with urllib.request.urlopen(f"http://{cluster_ip}/", timeout=5) as resp:
-            seen.add(resp.read().decode().strip())
-    assert seen == pods, "both replicas answer through kube-proxy from the host namespace"
 
 
 def test_exec_and_logs(kube_cluster: KubeCluster, ns: str) -> None:

@@ -80,7 +80,9 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: the cluster's pull-Secret test runs last (tests/conftest.py), after the cluster
+# starts; it then finds the registry the push tests filled instead of pushing again into a new one.
+@pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     work = tmp_path_factory.mktemp("registry")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mlops-lab test CA",
