@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # A full run starts the real cluster's build (scripts/build-k8s.sh and build-cluster-images.sh: the
 # slowest step on a fresh machine, a ~1 s no-op when cached) in the background, so that it overlaps
-# the lint gates and the other suites; the cluster tests run last (tests/conftest.py) and their
+# the lint gates and the other suites (`make test` started its Go parts even before the set-up: this
+# build waits for those on their locks); the cluster tests run last (tests/conftest.py) and their
 # fixture waits on the build's lock. Its log: .artifacts/cluster-build.log. On a fresh machine the
 # build (about 20 min of Go on 2 cores) followed by the cluster tests is the run's critical path,
 # while the other streams finish well before it: the build keeps nice 0, and the lint gates and the
