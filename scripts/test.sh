@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # the lint gates and the other suites (`make test` started its Go parts even before the set-up: this
 # build waits for those on their locks); the cluster tests run last (tests/conftest.py) and their
 # fixture waits on the build's lock. Its log: .artifacts/cluster-build.log. On a fresh machine the
-# build (about 20 min of Go on 2 cores) followed by the cluster tests is the run's critical path,
+# build (25 to 30 min of Go on 2 cores) followed by the cluster tests is the run's critical path,
 # while the other streams finish well before it: the build keeps nice 0, and the lint gates and the
 # other streams run at nice 5 (tests/conftest.py, OTHER_STREAMS_NICE).
 if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && [ -z "${MLOPSLAB_NO_BACKGROUND_BUILD:-}" ]; then
